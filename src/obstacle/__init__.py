@@ -1,0 +1,68 @@
+"""obstacle: which optimization obstacle holds a training run back, with the evidence.
+
+Importing ``obstacle`` does not import torch: the names that need it load on first use, so the
+HTTP service (installed without torch) can import the package.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from obstacle.errors import (
+    CheckpointError,
+    ComputeError,
+    ConnectError,
+    ConvergenceWarning,
+    DeviceError,
+    InputError,
+    ObstacleError,
+    ParameterError,
+    ProbeError,
+    RunDirectoryError,
+    ServiceError,
+    TimeoutError,
+    TransportError,
+    UnsafeArchiveError,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from obstacle.battery.checkpoint import save_checkpoint
+    from obstacle.battery.probe import Probe
+
+# public name -> module that defines it (imported lazily)
+_LAZY = {
+    "Probe": "obstacle.battery.probe",
+    "save_checkpoint": "obstacle.battery.checkpoint",
+}
+
+__all__ = [
+    "CheckpointError",
+    "ComputeError",
+    "ConnectError",
+    "ConvergenceWarning",
+    "DeviceError",
+    "InputError",
+    "ObstacleError",
+    "ParameterError",
+    "Probe",
+    "ProbeError",
+    "RunDirectoryError",
+    "ServiceError",
+    "TimeoutError",
+    "TransportError",
+    "UnsafeArchiveError",
+    "__version__",
+    "save_checkpoint",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'obstacle' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
