@@ -173,7 +173,7 @@ class LossEngine:
             value = self._objective(t, batch)
             (g,) = torch.autograd.grad(value, t)
         self.cost.grad += 1
-        return float(value), g.detach()
+        return float(value.detach()), g.detach()
 
     def batch_grads(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """(J_k, g_k) for every probe batch: a (K,) vector and a (K, P) matrix."""
@@ -191,7 +191,7 @@ class LossEngine:
             value = self._objective(t, batch)
             (g,) = torch.autograd.grad(value, t, create_graph=True)
         self.cost.grad += 1
-        return HessianOperator(theta=t, grad=g, loss=float(value), engine=self)
+        return HessianOperator(theta=t, grad=g, loss=float(value.detach()), engine=self)
 
     def hvp_forward_over_reverse(self, theta: Tensor, v: Tensor, batch: int | None = None) -> Tensor:
         """H·v by forward-mode over reverse-mode (a cross-check of the double-backward path)."""

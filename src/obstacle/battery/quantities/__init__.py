@@ -1,0 +1,1 @@
+"""One module per quantity of the battery; each returns a JSON-ready record."""

@@ -1,0 +1,106 @@
+"""The shape every quantity shares (after cockpit's ``quantities/``).
+
+A quantity reads a :class:`CheckpointContext` and returns a JSON-ready record: a dict of plain
+numbers, lists and nested dicts (NaN/inf allowed: non-finite values are evidence, and the JSON
+writer maps them to null). Nothing here draws, judges or touches a server.
+
+The context caches what several quantities share — the probe gradient, the per-batch gradients,
+the Hessian operator at θ — so that each is computed once per checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from obstacle.battery.checkpoint import Checkpoint
+from obstacle.battery.engine import Cost, HessianOperator, LossEngine
+
+Record = dict[str, Any]
+
+
+@dataclass
+class CheckpointContext:
+    """One checkpoint bound to the engine, with shared computations cached."""
+
+    engine: LossEngine
+    theta: Tensor
+    checkpoint: Checkpoint
+    theta0: Tensor | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    # carried across checkpoints of one sequential analysis (e.g. Lanczos warm starts)
+    carry: dict[str, Any] = field(default_factory=dict)
+    _grad: tuple[float, Tensor] | None = None
+    _batch: tuple[Tensor, Tensor] | None = None
+    _hessian: HessianOperator | None = None
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step
+
+    @property
+    def lr(self) -> float:
+        return self.checkpoint.lr
+
+    def gradient(self) -> tuple[float, Tensor]:
+        """(J, ∇J) of the probe loss at θ, computed once."""
+        if self._grad is None:
+            if self._hessian is not None:
+                self._grad = (self._hessian.loss, self._hessian.gradient)
+            else:
+                self._grad = self.engine.loss_and_grad(self.theta)
+        return self._grad
+
+    def batch_gradients(self) -> tuple[Tensor, Tensor]:
+        """(J_k, g_k) for every probe batch, computed once."""
+        if self._batch is None:
+            self._batch = self.engine.batch_grads(self.theta)
+        return self._batch
+
+    def hessian(self) -> HessianOperator:
+        """H(θ)·v with the gradient graph kept, built once (it also yields the gradient)."""
+        if self._hessian is None:
+            self._hessian = self.engine.hessian_operator(self.theta)
+            if self._grad is None:
+                self._grad = (self._hessian.loss, self._hessian.gradient)
+        return self._hessian
+
+    def release(self) -> None:
+        """Drop the cached graph (it holds activations) once the checkpoint is done."""
+        self._hessian = None
+        self._batch = None
+
+
+class Quantity:
+    """A test of the battery: ``compute(ctx)`` returns a record under the key ``name``.
+
+    Subclasses set ``name`` and implement ``compute``. The cost of the call (loss, gradient and
+    HVP evaluations) is measured around it and added to the record as ``cost``.
+    """
+
+    name: ClassVar[str]
+
+    def compute(self, ctx: CheckpointContext) -> Record:
+        raise NotImplementedError
+
+    def __call__(self, ctx: CheckpointContext) -> Record:
+        before = ctx.engine.cost.copy()
+        record = self.compute(ctx)
+        record["cost"] = (ctx.engine.cost - before).as_dict()
+        return record
+
+
+def finite(value: float) -> float | None:
+    """A float for JSON: non-finite becomes None."""
+    return float(value) if math.isfinite(value) else None
+
+
+def as_float(t: Tensor | float) -> float:
+    return float(t.item()) if isinstance(t, torch.Tensor) else float(t)
+
+
+__all__ = ["CheckpointContext", "Cost", "Quantity", "Record", "as_float", "finite"]

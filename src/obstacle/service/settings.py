@@ -1,0 +1,118 @@
+"""Settings of the HTTP service, read from ``OBSTACLE_*`` environment variables.
+
+Validated once at start-up: a value that would be unsafe is refused with an error naming the
+variable to set. The workers read the same shared part (``CommonSettings``) plus their own
+(``obstacle.workers.settings``).
+
+    OBSTACLE_ENVIRONMENT            local (default) | production
+    OBSTACLE_DATA_DIR               local directory for the default database, artifacts, temp files
+    OBSTACLE_DATABASE_URL           SQLAlchemy URL; default sqlite:///DATA_DIR/obstacle.db
+    OBSTACLE_BROKER_URL             redis://host:port/db; unset: `obstacle serve` starts its own Redis
+    OBSTACLE_ARTIFACT_URL           any fsspec URL (s3://bucket/prefix, file:///srv/x); default DATA_DIR/artifacts
+    OBSTACLE_VISIBILITY_TIMEOUT_S   seconds before Redis hands an unacknowledged task to another worker
+    OBSTACLE_CHECKPOINT_TIME_LIMIT_S, OBSTACLE_FINALIZE_TIME_LIMIT_S   hard limits of the two tasks
+    OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis without progress this long is marked failed
+    OBSTACLE_MAX_CHECKPOINT_BYTES, OBSTACLE_MAX_PROBE_BYTES           upload size limits
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["CommonSettings", "ConfigurationError", "Settings"]
+
+GiB = 1024**3
+
+
+class ConfigurationError(RuntimeError):
+    """A required setting is missing or unsafe; the message names the variable."""
+
+
+class CommonSettings(BaseSettings):
+    """What the service and the workers share: where the database, broker and artifacts are."""
+
+    model_config = SettingsConfigDict(env_prefix="OBSTACLE_", extra="ignore", frozen=True)
+
+    environment: Literal["local", "production"] = "local"
+    data_dir: Path = Path("obstacle-data")
+    database_url: str | None = None
+    broker_url: str | None = None
+    artifact_url: str | None = None
+
+    # A task whose worker died comes back after the visibility timeout, so keep it to minutes; a
+    # task must finish well inside it or Redis hands it to a second worker while the first runs.
+    visibility_timeout_s: int = Field(default=300, ge=1)
+    checkpoint_time_limit_s: int = Field(default=240, ge=1)
+    finalize_time_limit_s: int = Field(default=240, ge=1)
+    analysis_stall_timeout_s: int = Field(default=3600, ge=1)
+
+    @model_validator(mode="after")
+    def _check_safe(self) -> Self:
+        for name in ("checkpoint_time_limit_s", "finalize_time_limit_s"):
+            if getattr(self, name) >= self.visibility_timeout_s:
+                raise ValueError(
+                    f"OBSTACLE_{name.upper()}={getattr(self, name)} must be below "
+                    f"OBSTACLE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s}: otherwise Redis hands a "
+                    "task that is still running to a second worker. Lower the limit or raise the timeout."
+                )
+        if self.environment == "production":
+            if self.database_url is None or self.database_url.startswith("sqlite"):
+                raise ValueError(
+                    "OBSTACLE_DATABASE_URL must name a PostgreSQL database when "
+                    "OBSTACLE_ENVIRONMENT=production (SQLite is for one machine); "
+                    "e.g. postgresql+psycopg://user:password@host/obstacle."
+                )
+            if "changethis" in self.database_url:
+                raise ValueError(
+                    "OBSTACLE_DATABASE_URL still holds the placeholder password 'changethis'; "
+                    "set POSTGRES_PASSWORD (docker compose) or the URL to a real secret."
+                )
+            if self.broker_url is None:
+                raise ValueError(
+                    "OBSTACLE_BROKER_URL must be set when OBSTACLE_ENVIRONMENT=production; the embedded "
+                    "Redis is for `obstacle serve` on one machine. E.g. redis://redis:6379/0."
+                )
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the data directory."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'obstacle.db').resolve()}"
+
+    @cached_property
+    def resolved_artifact_url(self) -> str:
+        """The artifact store URL, defaulting to a directory inside the data directory."""
+        if self.artifact_url is not None:
+            return self.artifact_url
+        return str((self.data_dir / "artifacts").resolve())
+
+    def require_broker_url(self) -> str:
+        """The broker URL, or a ConfigurationError that says how to set it."""
+        if self.broker_url is None:
+            raise ConfigurationError(
+                "OBSTACLE_BROKER_URL is not set. Point it at a Redis (redis://host:6379/0), or run "
+                "`obstacle serve` without it to start an embedded Redis."
+            )
+        return self.broker_url
+
+
+class Settings(CommonSettings):
+    """The HTTP service's settings."""
+
+    max_checkpoint_bytes: int = Field(default=4 * GiB, ge=1)
+    max_probe_bytes: int = Field(default=2 * GiB, ge=1)
+    upload_tmp_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    @property
+    def resolved_upload_tmp_dir(self) -> Path:
+        """Where uploads are spooled while they are hashed and validated."""
+        return self.upload_tmp_dir if self.upload_tmp_dir is not None else self.data_dir / "tmp"
