@@ -1,0 +1,99 @@
+"""The artifact store: a local directory by default, any fsspec URL (``s3://…``) in production.
+
+Files are written under a temporary name and moved to their final key, so a reader never sees a
+partial file; keys are content-addressed where bytes can differ, so a final key never changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["ArtifactStore"]
+
+
+class ArtifactStore:
+    """Keys are ``/``-separated paths below the root of ``url``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        fs, root = fsspec.core.url_to_fs(url)
+        self.fs: Any = fs
+        self.root = root.rstrip("/")
+        self._local = isinstance(fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid artifact key {key!r}")
+        return f"{self.root}/{key}"
+
+    def put_file(self, local_path: str | Path, key: str) -> None:
+        """Copy ``local_path`` to ``key``: written beside it, then moved into place."""
+        final = self._path(key)
+        partial = f"{final}.partial-{uuid.uuid4().hex}"
+        parent = final.rsplit("/", 1)[0]
+        if self._local:
+            self.fs.makedirs(parent, exist_ok=True)
+        try:
+            self.fs.put_file(str(local_path), partial)
+            self.fs.mv(partial, final)
+        except BaseException:
+            if self.fs.exists(partial):
+                self.fs.rm(partial)
+            raise
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        final = self._path(key)
+        partial = f"{final}.partial-{uuid.uuid4().hex}"
+        if self._local:
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(partial, data)
+        self.fs.mv(partial, final)
+
+    def get_file(self, key: str, local_path: str | Path) -> None:
+        """Download ``key`` to ``local_path`` (through a temporary name beside it)."""
+        target = Path(local_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        try:
+            self.fs.get_file(self._path(key), str(partial))
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def open(self, key: str) -> IO[bytes]:
+        handle: IO[bytes] = self.fs.open(self._path(key), "rb")
+        return handle
+
+    def read_bytes(self, key: str) -> bytes:
+        data: bytes = self.fs.cat_file(self._path(key))
+        return data
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix.rstrip("/"))
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every file key below ``prefix`` (recursively), sorted."""
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not self.fs.exists(base):
+            return []
+        start = len(self.root) + 1
+        found = self.fs.find(base)
+        return sorted(str(p)[start:] for p in found)
