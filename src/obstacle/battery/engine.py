@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from obstacle._validation import check_choice
+from obstacle._validation import check_choice, check_int
 from obstacle.battery.probe import _MODEL_PREFIX, Batch, Probe
 from obstacle.errors import CheckpointError, DeviceError
 
@@ -74,8 +74,12 @@ class LossEngine:
     cost: Cost = field(default_factory=Cost)
 
     @classmethod
-    def create(cls, probe: Probe, *, device: str = "cpu", dtype: str = "float64") -> LossEngine:
+    def create(
+        cls, probe: Probe, *, device: str = "cpu", dtype: str = "float64", max_batches: int | None = None
+    ) -> LossEngine:
+        """Bind ``probe`` on ``device`` in ``dtype``, using its first ``max_batches`` batches."""
         check_choice("dtype", dtype, _DTYPES)
+        batches = probe.batches if max_batches is None else probe.batches[: check_int("max_batches", max_batches, low=1)]
         dev = resolve_device(device)
         dt = _DTYPES[dtype]
         module = probe.program.module()
@@ -93,7 +97,7 @@ class LossEngine:
             names=names,
             shapes=shapes,
             numels=numels,
-            batches=[_to(b, dev, dt) for b in probe.batches],
+            batches=[_to(b, dev, dt) for b in batches],
             validation=_to(probe.validation, dev, dt) if probe.validation is not None else None,
         )
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,9 @@ def _export(model: nn.Module, loss_fn: LossFn, batch: Batch) -> torch.export.Exp
     dim = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: dim} for _ in batch)
     try:
-        with _module_stack(model) as stack, _math_attention():
+        with _module_stack(model) as stack, _math_attention(), warnings.catch_warnings():
+            # torch.export's own pytree code trips its deprecation of LeafSpec; not the user's.
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             try:
                 program = torch.export.export(wrapper, batch, dynamic_shapes=(dynamic,), strict=False)
             except Exception as exc:
@@ -234,7 +237,7 @@ def _export(model: nn.Module, loss_fn: LossFn, batch: Batch) -> torch.export.Exp
                     "mutation of inputs or non-tensor outputs, or see "
                     "https://pytorch.org/docs/stable/export.html for what export supports."
                 ) from exc
-        program = program.run_decompositions(_decompositions())
+            program = program.run_decompositions(_decompositions())
     finally:
         model.train(was_training)
     loss = program.module()(*batch)

@@ -1,0 +1,341 @@
+"""Run the battery over a run directory: per checkpoint, across the sequence, then the verdict.
+
+Three entry points, shared by ``obstacle analyze`` and the Celery workers:
+
+- :func:`analyze_checkpoint` — one checkpoint's record (a worker task's unit of work);
+- :func:`summarize_run` — the run-level tests and the verdict from all checkpoint records;
+- :func:`analyze` — both, in-process, with Lanczos warm-started along the sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST, list_checkpoints
+from obstacle.artifacts.manifest import read_manifest
+from obstacle.battery.checkpoint import Checkpoint, load_checkpoint
+from obstacle.battery.engine import LossEngine
+from obstacle.battery.presets import Preset, get_preset
+from obstacle.battery.probe import Probe
+from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record
+from obstacle.battery.verdict import DEFAULT_THRESHOLDS, Thresholds, judge
+from obstacle.errors import RunDirectoryError
+
+REPORT_SCHEMA = "obstacle.report/1"
+Progress = Callable[[str, int, int], None]
+
+_PROBES: dict[tuple[str, str], Probe] = {}
+
+
+def load_probe(run_dir: Path) -> Probe:
+    """The run's probe, loaded once per process and cached by content hash."""
+    manifest = read_manifest(Path(run_dir) / PROBE_DIR / PROBE_MANIFEST)
+    key = (str(Path(run_dir).resolve()), manifest.content_hash)
+    if key not in _PROBES:
+        _PROBES[key] = Probe.load(run_dir)
+    return _PROBES[key]
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the run's checkpoints; a run without any is a RunDirectoryError."""
+    run = Path(run_dir)
+    if not (run / PROBE_DIR / PROBE_MANIFEST).exists():
+        raise RunDirectoryError(
+            f"{run}: no probe found at {PROBE_DIR}/{PROBE_MANIFEST}. A run directory needs the probe "
+            "written by obstacle.Probe.capture(model, loss_fn, batches).save(run_dir)."
+        )
+    steps = [s for s, _ in list_checkpoints(run)]
+    if not steps:
+        raise RunDirectoryError(
+            f"{run}: no checkpoints in {run / 'checkpoints'}. Write them during training with "
+            "obstacle.save_checkpoint(run_dir, model, step=..., lr=...)."
+        )
+    return steps
+
+
+class _Session:
+    """The probe bound to an engine for one run, plus the first checkpoint's θ."""
+
+    def __init__(self, run_dir: Path, preset: Preset, device: str, dtype: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.preset = preset
+        self.probe = load_probe(self.run_dir)
+        self.engine = LossEngine.create(self.probe, device=device, dtype=dtype, max_batches=preset.max_batches)
+        self.paths = dict(list_checkpoints(self.run_dir))
+        if not self.paths:
+            checkpoint_steps(self.run_dir)
+        first = min(self.paths)
+        self.theta0 = self.engine.flatten(self.load(first).state)
+
+    def load(self, step: int) -> Checkpoint:
+        if step not in self.paths:
+            raise RunDirectoryError(f"{self.run_dir}: no checkpoint for step {step} (have {sorted(self.paths)}).")
+        return load_checkpoint(self.paths[step], self.probe.manifest)
+
+    def theta(self, step: int) -> tuple[Checkpoint, torch.Tensor]:
+        ck = self.load(step)
+        return ck, self.engine.flatten(ck.state)
+
+
+def _quantities(preset: Preset) -> list[Quantity]:
+    from obstacle.battery.quantities.curvature import DirectionalCurvature
+    from obstacle.battery.quantities.gradient import GradientNorm
+    from obstacle.battery.quantities.gradient_noise import GradientNoise
+    from obstacle.battery.quantities.loss import LossQuantity
+    from obstacle.battery.quantities.negative_curvature import NegativeCurvature
+    from obstacle.battery.quantities.simulated_steps import SimulatedSteps
+    from obstacle.battery.quantities.spectrum import HessianSpectrum
+
+    chosen: list[Quantity] = [
+        LossQuantity(),
+        GradientNorm(),
+        GradientNoise(),
+        DirectionalCurvature(),
+        SimulatedSteps(),
+        NegativeCurvature(),
+    ]
+    if preset.spectrum:
+        chosen.append(HessianSpectrum())
+    return chosen
+
+
+def _context(session: _Session, step: int, carry: dict[str, Any]) -> CheckpointContext:
+    from obstacle.battery.optimizer_step import OptimizerModel
+
+    ck, theta = session.theta(step)
+    preset = session.preset
+    ctx = CheckpointContext(
+        engine=session.engine,
+        theta=theta,
+        checkpoint=ck,
+        theta0=session.theta0,
+        carry=carry,
+        options={
+            "lanczos_max_iter": preset.lanczos_max_iter,
+            "lanczos_tol": preset.lanczos_tol,
+            "slice_points": preset.slice_points,
+            "bootstrap": preset.bootstrap,
+            "warm_start": True,
+        },
+    )
+    model = OptimizerModel.from_checkpoint(ck, session.engine)
+    ctx.options["optimizer_model"] = model
+    ctx.options["optimizer"] = model.describe()
+    pre = model.preconditioner()
+    if pre is not None:
+        ctx.options["preconditioner"] = pre
+        ctx.options["preconditioned_threshold"] = model.stability_threshold()
+    return ctx
+
+
+def _run_checkpoint(session: _Session, step: int, carry: dict[str, Any]) -> Record:
+    ctx = _context(session, step, carry)
+    details: dict[str, Record] = {}
+    for quantity in _quantities(session.preset):
+        details[quantity.name] = quantity(ctx)
+    _, g = ctx.gradient()
+    cosine = float(torch.nn.functional.cosine_similarity(g, ctx.theta, dim=0)) if g.norm() > 0 and ctx.theta.norm() > 0 else math.nan
+    ctx.release()
+    return flat_record(ctx.checkpoint, details, grad_param_cosine=cosine)
+
+
+def analyze_checkpoint(
+    run_dir: Path | str, step: int, *, preset: str = "standard", device: str = "cpu", dtype: str = "float64"
+) -> Record:
+    """The battery's record for one checkpoint (JSON-ready: non-finite values become null)."""
+    session = _Session(Path(run_dir), get_preset(preset), device, dtype)
+    return to_json(_run_checkpoint(session, step, {}))
+
+
+def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -> Record:
+    """The per-checkpoint row of the report: headline numbers flat, full records in ``details``."""
+    loss = details.get("loss", {})
+    grad = details.get("gradient", {})
+    noise = details.get("noise", {})
+    curv = details.get("curvature", {})
+    steps = details.get("steps", {})
+    lz = details.get("lanczos", {})
+    pre = lz.get("preconditioned") or {}
+    escape = lz.get("escape") or {}
+    deltas = [d for d in (escape.get("delta_plus") or []) + (escape.get("delta_minus") or []) if d is not None]
+    return {
+        "step": ck.step,
+        "lr": ck.lr,
+        "train_loss": ck.train_loss,
+        "loss": loss.get("loss"),
+        "validation_loss": loss.get("validation_loss"),
+        "finite": loss.get("finite"),
+        "grad_norm": grad.get("grad_norm"),
+        "param_norm": grad.get("param_norm"),
+        "distance_from_start": grad.get("distance_from_start"),
+        "grad_param_cosine": extra.get("grad_param_cosine"),
+        "curvature_along_gradient": curv.get("along_gradient"),
+        "lr_curvature": curv.get("lr_curvature"),
+        "curvature_along_step": curv.get("along_step"),
+        "predicted_change": curv.get("predicted_change"),
+        "predicted_uphill": curv.get("predicted_uphill"),
+        "lambda_min": lz.get("lambda_min"),
+        "lambda_max": lz.get("lambda_max"),
+        "lr_lambda_max": lz.get("lr_lambda_max"),
+        "stability_threshold": lz.get("stability_threshold"),
+        "preconditioned_lr_lambda_max": pre.get("lr_lambda_max"),
+        "preconditioned_threshold": pre.get("threshold"),
+        "escape_delta": min(deltas) if deltas else None,
+        "noise_trace": noise.get("trace"),
+        "noise_scale": noise.get("noise_scale"),
+        "snr": noise.get("snr"),
+        "uphill_fraction_minibatch": steps.get("uphill_fraction_minibatch"),
+        "full_step_uphill": steps.get("full_step_uphill"),
+        "full_step_change": steps.get("full_step_change"),
+        "optimizer": steps.get("optimizer"),
+        "details": dict(details),
+    }
+
+
+def summarize_run(
+    run_dir: Path | str,
+    records: list[Record],
+    *,
+    preset: str = "standard",
+    target_loss: float | None = None,
+    device: str = "cpu",
+    dtype: str = "float64",
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The run-level tests and the verdict: the full report (schema ``obstacle.report/1``)."""
+    from obstacle.battery import landscape, sequence
+
+    chosen = get_preset(preset)
+    limits = _thresholds(thresholds)
+    session = _Session(Path(run_dir), chosen, device, dtype)
+    ordered = sorted(records, key=lambda r: int(r["step"]))
+    steps = [int(r["step"]) for r in ordered]
+    before = session.engine.cost.copy()
+    run: dict[str, Any] = {
+        "name": name or Path(run_dir).name,
+        "num_parameters": session.engine.num_parameters,
+        "num_checkpoints": len(ordered),
+        "num_probe_batches": session.engine.num_batches,
+        "batch_size": session.probe.manifest.batch_size,
+        "preset": chosen.name,
+        "device": str(session.engine.device),
+        "dtype": str(session.engine.dtype).removeprefix("torch."),
+        "target_loss": target_loss,
+        "uphill_step_rate": sequence.uphill_step_rate(ordered),
+        "curvature_variation": sequence.curvature_variation(ordered),
+        "trends": sequence.trends(ordered),
+    }
+    log = sequence.read_train_log(run_dir)
+    run["train_log"] = (
+        {"steps": [e["step"] for e in log], "loss": [e["loss"] for e in log], **sequence.train_log_uphill(log)}
+        if log
+        else None
+    )
+    thetas = [session.theta(s)[1] for s in steps]
+    if len(thetas) >= 2:
+        alphas = [-0.5 + 2.0 * i / (chosen.interpolation_points - 1) for i in range(chosen.interpolation_points)]
+        run["interpolation"] = landscape.linear_interpolation(session.engine, thetas[0], thetas[-1], alphas=alphas)
+        if chosen.checkpoint_interpolation_points:
+            run["checkpoint_interpolation"] = landscape.interpolation_from_checkpoints(
+                session.engine, thetas, steps, thetas[-1], points=chosen.checkpoint_interpolation_points
+            )
+        run["subspace"] = (
+            landscape.subspace(session.engine, thetas, steps, grid=chosen.subspace_grid)
+            if chosen.subspace_grid and len(thetas) >= 2
+            else None
+        )
+    else:
+        run["interpolation"] = None
+        run["subspace"] = None
+    run["cost"] = {
+        "run_level": (session.engine.cost - before).as_dict(),
+        "checkpoints": _total_cost(ordered),
+    }
+    cv = run["curvature_variation"]
+    for r in ordered:
+        r["_curvature_cv"] = (cv.get("curvature") or {}).get("cv") if isinstance(cv, dict) else None
+    verdict = judge(ordered, target_loss=target_loss, thresholds=limits)
+    for r in ordered:
+        r.pop("_curvature_cv", None)
+    return to_json({"schema": REPORT_SCHEMA, "verdict": verdict, "checkpoints": ordered, "run": run})
+
+
+def analyze(
+    run_dir: Path | str,
+    *,
+    preset: str = "standard",
+    target_loss: float | None = None,
+    device: str = "cpu",
+    dtype: str = "float64",
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    progress: Progress | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Analyse every checkpoint of ``run_dir`` in order (Lanczos warm-started), then the run."""
+    steps = checkpoint_steps(Path(run_dir))
+    session = _Session(Path(run_dir), get_preset(preset), device, dtype)
+    carry: dict[str, Any] = {}
+    records = []
+    for i, step in enumerate(steps):
+        if progress:
+            progress("checkpoint", i, len(steps))
+        records.append(to_json(_run_checkpoint(session, step, carry)))
+    if progress:
+        progress("checkpoint", len(steps), len(steps))
+        progress("run", 0, 1)
+    report = summarize_run(
+        run_dir, records, preset=preset, target_loss=target_loss, device=device, dtype=dtype,
+        thresholds=thresholds, name=name,
+    )
+    if progress:
+        progress("run", 1, 1)
+    return report
+
+
+def _thresholds(value: Thresholds | Mapping[str, float] | None) -> Thresholds:
+    if value is None:
+        return DEFAULT_THRESHOLDS
+    if isinstance(value, Thresholds):
+        return value
+    return DEFAULT_THRESHOLDS.override(dict(value))
+
+
+def _total_cost(records: list[Record]) -> dict[str, int]:
+    total = {"loss_evals": 0, "grad_evals": 0, "hvp_evals": 0}
+    for r in records:
+        for detail in (r.get("details") or {}).values():
+            for k, v in ((detail or {}).get("cost") or {}).items():
+                total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON types: tensors to lists, non-finite floats to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return to_json(value.detach().cpu().tolist()) if value.dim() else to_json(float(value))
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return to_json(value.item())
+        if isinstance(value, np.ndarray):
+            return to_json(value.tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)

@@ -1,0 +1,127 @@
+"""`obstacle demo`: three small real training runs on bundled data, analysed end to end."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import obstacle
+from obstacle.battery.checkpoint import append_train_log
+
+
+def _digits() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float64) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    return x, y
+
+
+def healthy_digits(run_dir: Path) -> None:
+    """An MLP on scikit-learn's digits with SGD + momentum: steady progress, no obstacle."""
+    torch.manual_seed(0)
+    x, y = _digits()
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)).double()
+    g = torch.Generator().manual_seed(0)
+    probe_idx = torch.randperm(len(x), generator=g)[: 8 * 64].view(8, 64)
+    batches = [(x[i], y[i]) for i in probe_idx]
+    obstacle.Probe.capture(model, F.cross_entropy, batches).save(run_dir)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(121):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        if step % 15 == 0:
+            obstacle.save_checkpoint(run_dir, model, step=step, lr=0.05, train_loss=float(loss), optimizer=opt)
+        append_train_log(run_dir, step=step, lr=0.05, loss=float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def saddle_deep_linear(run_dir: Path) -> None:
+    """A 3-layer linear network from a tiny initialisation: stuck on the saddle at the origin."""
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = x @ w
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e-3 / p.norm())
+    batches = [(x[i * 64 : (i + 1) * 64], y[i * 64 : (i + 1) * 64]) for i in range(4)]
+    obstacle.Probe.capture(model, F.mse_loss, batches).save(run_dir)
+    lr = 0.02
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for step in range(61):
+        loss = F.mse_loss(model(x), y)
+        if step % 10 == 0:
+            obstacle.save_checkpoint(run_dir, model, step=step, lr=lr, train_loss=float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def divergent(run_dir: Path) -> None:
+    """The digits MLP at a learning rate far too large: the loss blows up."""
+    torch.manual_seed(2)
+    x, y = _digits()
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)).double()
+    batches = [(x[i * 64 : (i + 1) * 64], y[i * 64 : (i + 1) * 64]) for i in range(4)]
+    obstacle.Probe.capture(model, F.cross_entropy, batches).save(run_dir)
+    lr = 40.0
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for step in range(31):
+        loss = F.cross_entropy(model(x[:256]), y[:256])
+        if step % 5 == 0:
+            obstacle.save_checkpoint(run_dir, model, step=step, lr=lr, train_loss=float(loss), optimizer=opt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+DEMOS: dict[str, Callable[[Path], None]] = {
+    "healthy-digits-mlp": healthy_digits,
+    "saddle-deep-linear": saddle_deep_linear,
+    "divergent-digits-mlp": divergent,
+}
+
+
+def run_demo(out: Path, *, progress: bool = True) -> dict[str, str]:
+    """Train, analyse and report each demo run under ``out``; returns run name → primary label."""
+    import typer
+
+    from obstacle.battery.commands import format_summary, run_analysis, write_outputs
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    verdicts = {}
+    for name, build in DEMOS.items():
+        run_dir = out / name
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        if progress and sys.stderr.isatty():
+            print(f"training {name} …", file=sys.stderr)
+        build(run_dir)
+        report = run_analysis(
+            run_dir, target_loss=None, preset="standard", device="cpu", dtype="float64", thresholds={},
+            progress=progress, name=name,
+        )
+        typer.echo(format_summary(report))
+        html = out / f"{name}.html"
+        try:
+            write_outputs(report, json_out=out / f"{name}.json", html_out=html)
+        except ImportError:
+            write_outputs(report, json_out=out / f"{name}.json", html_out=None)
+        typer.echo("")
+        verdicts[name] = report["verdict"]["primary"]
+    typer.echo("Verdicts: " + ", ".join(f"{k} → {v}" for k, v in verdicts.items()))
+    return verdicts
