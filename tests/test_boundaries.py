@@ -1,0 +1,57 @@
+"""The layering STYLE.md asks for: the battery is a pure library, the package root stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import obstacle
+
+_FORBIDDEN_IN_BATTERY = ("fastapi", "celery", "sqlalchemy", "httpx", "redis", "uvicorn", "starlette")
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return set(out.stdout.split())
+
+
+def test_battery_never_imports_server_or_transport_libraries() -> None:
+    loaded = _modules_after(
+        "import obstacle.battery.analysis, obstacle.battery.commands, obstacle.battery.demo\n"
+        "import obstacle.battery.verdict, obstacle.battery.report\n"
+        "from obstacle.battery.analysis import _quantities\n"
+        "from obstacle.battery.presets import get_preset\n"
+        "_quantities(get_preset('full'))"
+    )
+    leaked = sorted(m for m in loaded if m.split(".")[0] in _FORBIDDEN_IN_BATTERY)
+    assert not leaked, f"the battery imported {leaked}"
+
+
+def test_importing_obstacle_does_not_import_torch() -> None:
+    loaded = _modules_after("import obstacle, obstacle.errors, obstacle.artifacts")
+    assert "torch" not in loaded
+
+
+def test_public_names_are_exported_and_complete() -> None:
+    public = {n for n in dir(obstacle) if not n.startswith("_")} - {"annotations", "errors", "artifacts", "TYPE_CHECKING", "Any", "import_module"}
+    public |= set(obstacle._LAZY)
+    assert set(obstacle.__all__) == public | {"__version__"}
+    for name in obstacle.__all__:
+        assert getattr(obstacle, name) is not None
+
+
+def test_every_error_descends_from_the_single_root() -> None:
+    import obstacle.errors as errors
+
+    classes = [getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)]
+    for cls in classes:
+        if cls is errors.ConvergenceWarning:
+            assert issubclass(cls, UserWarning)
+        else:
+            assert issubclass(cls, errors.ObstacleError), cls
