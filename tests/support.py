@@ -58,12 +58,17 @@ def classification_batches(
 ) -> list[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(b, inputs, generator=g, dtype=torch.float64), torch.randint(0, classes, (b,), generator=g))
+        (
+            torch.randn(b, inputs, generator=g, dtype=torch.float64),
+            torch.randint(0, classes, (b,), generator=g),
+        )
         for _ in range(k)
     ]
 
 
-def full_hessian(model: nn.Module, loss_fn: nn.Module | object, batches: list[tuple[Tensor, ...]]) -> Tensor:
+def full_hessian(
+    model: nn.Module, loss_fn: nn.Module | object, batches: list[tuple[Tensor, ...]]
+) -> Tensor:
     """The exact Hessian of mean_k loss_fn(model(x_k), y_k) in float64 (reference for tests)."""
     params = dict(model.named_parameters())
     names = list(params)
@@ -74,7 +79,9 @@ def full_hessian(model: nn.Module, loss_fn: nn.Module | object, batches: list[tu
     def objective(flat: Tensor) -> Tensor:
         chunks = torch.split(flat, sizes)
         tensors = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
-        losses = [loss_fn(torch.func.functional_call(model, tensors, b[:-1]), b[-1]) for b in batches]  # type: ignore[operator]
+        losses = [
+            loss_fn(torch.func.functional_call(model, tensors, b[:-1]), b[-1]) for b in batches
+        ]  # type: ignore[operator]
         return torch.stack(losses).mean()
 
     return torch.autograd.functional.hessian(objective, flat0)

@@ -7,12 +7,26 @@ import sys
 
 import obstacle
 
-_FORBIDDEN_IN_BATTERY = ("fastapi", "celery", "sqlalchemy", "httpx", "redis", "uvicorn", "starlette")
+_FORBIDDEN_IN_BATTERY = (
+    "fastapi",
+    "celery",
+    "sqlalchemy",
+    "httpx",
+    "redis",
+    "uvicorn",
+    "starlette",
+)
 
 
 def _modules_after(code: str) -> set[str]:
     out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            f"{code}\nimport sys\nprint('\\n'.join(sys.modules))",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -39,7 +53,14 @@ def test_importing_obstacle_does_not_import_torch() -> None:
 
 
 def test_public_names_are_exported_and_complete() -> None:
-    public = {n for n in dir(obstacle) if not n.startswith("_")} - {"annotations", "errors", "artifacts", "TYPE_CHECKING", "Any", "import_module"}
+    public = {n for n in dir(obstacle) if not n.startswith("_")} - {
+        "annotations",
+        "errors",
+        "artifacts",
+        "TYPE_CHECKING",
+        "Any",
+        "import_module",
+    }
     public |= set(obstacle._LAZY)
     assert set(obstacle.__all__) == public | {"__version__"}
     for name in obstacle.__all__:

@@ -31,15 +31,35 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from obstacle.battery.checkpoint import save_checkpoint
     from obstacle.battery.probe import Probe
+    from obstacle.client import (
+        AnalysisResult,
+        AnalysisStatus,
+        CheckpointInfo,
+        Client,
+        Run,
+        RunInfo,
+        upload_run_dir,
+    )
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "Probe": "obstacle.battery.probe",
     "save_checkpoint": "obstacle.battery.checkpoint",
+    "Client": "obstacle.client",
+    "Run": "obstacle.client",
+    "RunInfo": "obstacle.client",
+    "AnalysisStatus": "obstacle.client",
+    "AnalysisResult": "obstacle.client",
+    "CheckpointInfo": "obstacle.client",
+    "upload_run_dir": "obstacle.client",
 }
 
 __all__ = [
+    "AnalysisResult",
+    "AnalysisStatus",
     "CheckpointError",
+    "CheckpointInfo",
+    "Client",
     "ComputeError",
     "ConnectError",
     "ConvergenceWarning",
@@ -49,13 +69,16 @@ __all__ = [
     "ParameterError",
     "Probe",
     "ProbeError",
+    "Run",
     "RunDirectoryError",
+    "RunInfo",
     "ServiceError",
     "TimeoutError",
     "TransportError",
     "UnsafeArchiveError",
     "__version__",
     "save_checkpoint",
+    "upload_run_dir",
 ]
 
 

@@ -1,7 +1,7 @@
 """Parameter constraints declared once, with uniform messages (after scikit-learn).
 
-    check_int("lanczos_steps", 1, low=2)
-    -> ParameterError: The 'lanczos_steps' parameter must be an int in the range [2, inf). Got 1 instead.
+check_int("lanczos_steps", 1, low=2)
+-> ParameterError: The 'lanczos_steps' parameter must be an int in the range [2, inf). Got 1 instead.
 """
 
 from __future__ import annotations
@@ -67,5 +67,7 @@ def check_choice(name: str, value: T, choices: Iterable[T]) -> T:
     options = list(choices)
     if value not in options:
         listed = ", ".join(repr(c) for c in options)
-        raise ParameterError(f"The {name!r} parameter must be one of {listed}. Got {value!r} instead.")
+        raise ParameterError(
+            f"The {name!r} parameter must be one of {listed}. Got {value!r} instead."
+        )
     return value

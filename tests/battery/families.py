@@ -34,10 +34,15 @@ class _Transformer(nn.Module):
         return self.out(self.encoder(self.embed(x)).mean(dim=1))
 
 
-def _batches(shape: tuple[int, ...], k: int = 2, b: int = 6, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+def _batches(
+    shape: tuple[int, ...], k: int = 2, b: int = 6, seed: int = 0
+) -> list[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(b, *shape, generator=g, dtype=torch.float64), torch.randint(0, 3, (b,), generator=g))
+        (
+            torch.randn(b, *shape, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (b,), generator=g),
+        )
         for _ in range(k)
     ]
 
@@ -50,7 +55,12 @@ def build(name: str) -> Family:
         data = _batches((5,))
     elif name == "cnn":
         model = nn.Sequential(
-            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(36, 3)
+            nn.Conv2d(1, 4, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+            nn.Linear(36, 3),
         )
         data = _batches((1, 8, 8))
     elif name == "layernorm":
@@ -79,7 +89,12 @@ def build(name: str) -> Family:
 FAMILIES = ["mlp", "cnn", "layernorm", "batchnorm", "lstm", "gru", "transformer"]
 
 
-def eager_reference(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batches: list[tuple[Tensor, Tensor]], v: Tensor) -> tuple[float, Tensor, Tensor]:
+def eager_reference(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batches: list[tuple[Tensor, Tensor]],
+    v: Tensor,
+) -> tuple[float, Tensor, Tensor]:
     """(J, ∇J, H·v) of the eager model in eval mode through the math attention kernel."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -22,7 +22,9 @@ from obstacle.errors import CheckpointError, ParameterError
 def run(tmp_path: Path) -> tuple[Path, nn.Module]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    obstacle.Probe.capture(model, nn.functional.cross_entropy, [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]).save(tmp_path)
+    obstacle.Probe.capture(
+        model, nn.functional.cross_entropy, [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+    ).save(tmp_path)
     return tmp_path, model
 
 
@@ -41,11 +43,15 @@ def test_header_carries_step_lr_loss_and_optimizer(run: tuple[Path, nn.Module]) 
     ck = load_checkpoint(path, read_manifest(run_dir / "probe/manifest.json"))
     assert ck.optimizer is not None
     assert set(ck.optimizer.state["0.weight"]) == {"exp_avg", "exp_avg_sq", "step"}
-    torch.testing.assert_close(ck.optimizer.state["0.weight"]["exp_avg"], opt.state[model[0].weight]["exp_avg"])
+    torch.testing.assert_close(
+        ck.optimizer.state["0.weight"]["exp_avg"], opt.state[model[0].weight]["exp_avg"]
+    )
     assert list_checkpoints(run_dir) == [(7, path)]
 
 
-def test_mismatched_checkpoint_lists_every_bad_tensor_by_name(run: tuple[Path, nn.Module], tmp_path: Path) -> None:
+def test_mismatched_checkpoint_lists_every_bad_tensor_by_name(
+    run: tuple[Path, nn.Module], tmp_path: Path
+) -> None:
     run_dir, model = run
     state = dict(model.state_dict())
     del state["0.bias"]
@@ -76,7 +82,9 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_legacy_pt_with_code_is_refused_without_running_it(run: tuple[Path, nn.Module], tmp_path: Path) -> None:
+def test_legacy_pt_with_code_is_refused_without_running_it(
+    run: tuple[Path, nn.Module], tmp_path: Path
+) -> None:
     run_dir, _ = run
     marker = tmp_path / "pwned"
     path = run_dir / "checkpoints" / "step_000000004.pt"
@@ -106,7 +114,9 @@ def test_non_finite_weights_are_kept_as_evidence(run: tuple[Path, nn.Module]) ->
 
 def test_bad_arguments_are_parameter_errors(run: tuple[Path, nn.Module]) -> None:
     run_dir, model = run
-    with pytest.raises(ParameterError, match="The 'step' parameter must be an int in the range \\[0, inf\\)"):
+    with pytest.raises(
+        ParameterError, match="The 'step' parameter must be an int in the range \\[0, inf\\)"
+    ):
         obstacle.save_checkpoint(run_dir, model, step=-1, lr=0.1)
     with pytest.raises(ParameterError, match="'lr'"):
         obstacle.save_checkpoint(run_dir, model, step=1, lr=float("nan"))

@@ -43,7 +43,10 @@ def saved_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         n = sum(p.numel() for p in model.parameters())
         v = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         loss, grad, hv = eager_reference(model, loss_fn, batches, v)
-        save_file({"v": v, "grad": grad, "hv": hv, "loss": torch.tensor(loss, dtype=torch.float64)}, str(run / "ref.safetensors"))
+        save_file(
+            {"v": v, "grad": grad, "hv": hv, "loss": torch.tensor(loss, dtype=torch.float64)},
+            str(run / "ref.safetensors"),
+        )
         runs[name] = run
     return runs
 
@@ -79,7 +82,11 @@ _FRESH = textwrap.dedent(
 def test_round_trip_in_a_fresh_process_matches_eager_model(saved_runs: dict[str, Path]) -> None:
     args = json.dumps({k: str(v) for k, v in saved_runs.items()})
     done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", _FRESH, args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-W", "ignore", "-c", _FRESH, args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
@@ -90,11 +97,15 @@ def test_round_trip_in_a_fresh_process_matches_eager_model(saved_runs: dict[str,
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_hvp_agrees_with_finite_differences_and_forward_over_reverse(name: str, saved_runs: dict[str, Path]) -> None:
+def test_hvp_agrees_with_finite_differences_and_forward_over_reverse(
+    name: str, saved_runs: dict[str, Path]
+) -> None:
     run = saved_runs[name]
     probe = obstacle.Probe.load(run)
     engine = LossEngine.create(probe, dtype="float64")
-    theta = engine.flatten(load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state)
+    theta = engine.flatten(
+        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
+    )
     v = load_file(str(run / "ref.safetensors"))["v"]
     hv = engine.hessian_operator(theta)(v)
     h = 1e-5
@@ -112,14 +123,18 @@ def test_probe_batch_dimension_is_dynamic(saved_runs: dict[str, Path]) -> None:
         x = torch.randn(size, 5, dtype=torch.float64)
         y = torch.randint(0, 3, (size,))
         model.eval()
-        assert float(program(x, y)) == pytest.approx(float(loss_fn(model(x), y)), rel=1e-12)
+        assert float(program(x, y).detach()) == pytest.approx(float(loss_fn(model(x), y).detach()), rel=1e-12)
 
 
 def test_manifest_lists_names_shapes_and_versions(saved_runs: dict[str, Path]) -> None:
     manifest = json.loads((saved_runs["batchnorm"] / PROBE_DIR / PROBE_MANIFEST).read_text())
     names = [p["name"] for p in manifest["parameters"]]
     assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
-    assert [b["name"] for b in manifest["buffers"]] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert [b["name"] for b in manifest["buffers"]] == [
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
     assert manifest["num_batches"] == 2 and manifest["batch_size"] == 6
     assert manifest["torch_version"] == torch.__version__
     assert len(manifest["content_hash"]) == 64
@@ -131,8 +146,8 @@ def test_eval_mode_uses_running_statistics_and_restores_training_mode() -> None:
     probe = obstacle.Probe.capture(model, loss_fn, batches)
     assert model.training, "capture must restore the model's mode"
     model.eval()
-    expected = float(loss_fn(model(batches[0][0]), batches[0][1]))
-    assert float(probe.program.module()(*batches[0])) == pytest.approx(expected, rel=1e-12)
+    expected = float(loss_fn(model(batches[0][0]), batches[0][1]).detach())
+    assert float(probe.program.module()(*batches[0]).detach()) == pytest.approx(expected, rel=1e-12)
 
 
 def test_float32_probe_evaluates_in_float64_engine(tmp_path: Path) -> None:
@@ -144,10 +159,14 @@ def test_float32_probe_evaluates_in_float64_engine(tmp_path: Path) -> None:
     engine = LossEngine.create(probe, dtype="float64")
     theta = engine.flatten(model.state_dict())
     model64 = model.double().eval()
-    expected = torch.stack([nn.functional.cross_entropy(model64(x.double()), y) for x, y in batches]).mean()
-    assert engine.loss(theta) == pytest.approx(float(expected), rel=1e-12)
+    expected = torch.stack(
+        [nn.functional.cross_entropy(model64(x.double()), y) for x, y in batches]
+    ).mean()
+    assert engine.loss(theta) == pytest.approx(float(expected.detach()), rel=1e-12)
     engine32 = LossEngine.create(probe, dtype="float32")
-    assert engine32.loss(engine32.flatten(model.state_dict())) == pytest.approx(float(expected), rel=1e-5)
+    assert engine32.loss(engine32.flatten(model.state_dict())) == pytest.approx(
+        float(expected.detach()), rel=1e-5
+    )
 
 
 def test_unexportable_layer_is_named_in_the_error() -> None:
@@ -174,11 +193,16 @@ def test_unexportable_layer_is_named_in_the_error() -> None:
         ([], "non-empty list"),
         ([(torch.randn(4, 3),)], "at least \\(input, target\\)"),
         ([(torch.randn(4, 3), torch.randn(5, 3))], "share its first"),
-        ([(torch.randn(4, 3), torch.randn(4, 3)), (torch.randn(3, 3), torch.randn(3, 3))], "equally sized"),
+        (
+            [(torch.randn(4, 3), torch.randn(4, 3)), (torch.randn(3, 3), torch.randn(3, 3))],
+            "equally sized",
+        ),
         ([(torch.randn(1, 3), torch.randn(1, 3))], "at least 2"),
     ],
 )
-def test_bad_batches_get_a_clear_error(batches: list[tuple[torch.Tensor, ...]], message: str) -> None:
+def test_bad_batches_get_a_clear_error(
+    batches: list[tuple[torch.Tensor, ...]], message: str
+) -> None:
     with pytest.raises(ProbeError, match=message):
         obstacle.Probe.capture(nn.Linear(3, 3), nn.functional.mse_loss, batches)
 
@@ -189,7 +213,9 @@ def test_non_scalar_loss_is_rejected() -> None:
         obstacle.Probe.capture(nn.Linear(3, 3), nn.MSELoss(reduction="none"), batches)
 
 
-def test_tampered_probe_data_fails_the_content_hash(saved_runs: dict[str, Path], tmp_path: Path) -> None:
+def test_tampered_probe_data_fails_the_content_hash(
+    saved_runs: dict[str, Path], tmp_path: Path
+) -> None:
     import shutil
 
     run = tmp_path / "run"

@@ -23,18 +23,16 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, overload
+from typing import BinaryIO, overload
 
 import numpy as np
 from pydantic import ValidationError
 
+from obstacle.artifacts.archive import ArchiveSummary, validate_program_archive
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_MANIFEST, PROBE_PROGRAM
 from obstacle.artifacts.manifest import SAFETENSORS_DTYPES, ProbeManifest
-from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header
+from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header_bytes
 from obstacle.errors import CheckpointError, ProbeError
-
-if TYPE_CHECKING:
-    from obstacle.artifacts.archive import ArchiveSummary
 
 __all__ = [
     "BUNDLE_MEMBERS",
@@ -125,8 +123,6 @@ def unpack_probe_bundle(
     stored uncompressed). Raises ProbeError (UnsafeArchiveError for the program) naming what is
     wrong; nothing in the bundle is executed or unpickled.
     """
-    from obstacle.artifacts.archive import validate_program_archive
-
     source = Path(bundle_path)
     dest = Path(dest_dir)
     limit = max_bytes if max_bytes is not None else source.stat().st_size
@@ -140,10 +136,14 @@ def unpack_probe_bundle(
             f"content_hash is {manifest.content_hash[:16]}…: a file was changed after capture. "
             "Capture the probe again and upload the bundle from pack_probe unchanged."
         )
+    data_path = dest / PROBE_DATA
     try:
-        data_header = read_header(dest / PROBE_DATA)
+        with data_path.open("rb") as handle:
+            data_header = read_header_bytes(
+                handle, total_size=data_path.stat().st_size, name=PROBE_DATA
+            )
     except CheckpointError as exc:
-        raise ProbeError(f"probe bundle: {PROBE_DATA} is not valid safetensors: {exc}") from None
+        raise ProbeError(f"probe bundle: {exc}") from None
     _check_data(manifest, data_header)
     bad = nonfinite_tensors(dest / PROBE_DATA, data_header)
     if bad:
@@ -151,7 +151,9 @@ def unpack_probe_bundle(
             f"probe bundle: the probe data holds NaN or Inf in {', '.join(bad)}. Probe batches must be "
             "finite (every loss on them would be NaN); capture the probe from clean training batches."
         )
-    program = validate_program_archive(dest / PROBE_PROGRAM)
+    with (dest / PROBE_PROGRAM).open("rb") as handle:
+        handle.raw.name = f"probe bundle: {PROBE_PROGRAM}"  # type: ignore[attr-defined]  # messages name the entry, not a temp path
+        program = validate_program_archive(handle, max_bytes=max(limit, 1))
     return ProbeBundle(dest, manifest, digest, data_header, program)
 
 
@@ -194,7 +196,8 @@ def _extract(source: Path, dest: Path, limit: int) -> None:
 def _check_member(info: zipfile.ZipInfo, limit: int) -> int:
     name = info.filename
     mode = info.external_attr >> 16
-    if info.is_dir() or stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode)):
+    # Zip writers that set no file type leave the type bits 0: only a stated non-file is refused.
+    if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise ProbeError(
             f"probe bundle: member {name} is not a regular file; links and folders are refused."
         )

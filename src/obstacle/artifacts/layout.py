@@ -1,12 +1,12 @@
 """Where things live in a run directory.
 
-    RUN_DIR/
-      probe/manifest.json           names, shapes, dtypes, batch size, versions, content hash
-      probe/program.pt2             the model and its loss as one torch.export program
-      probe/data.safetensors        K training minibatches (+ an optional validation batch)
-      checkpoints/step_000000100.safetensors        weights; step, lr, train_loss in the header
-      checkpoints/step_000000100.optim.safetensors  optimizer class, hyperparameters and state
-      train_log.jsonl               optional {step, lr, loss} lines of logged minibatch losses
+RUN_DIR/
+  probe/manifest.json           names, shapes, dtypes, batch size, versions, content hash
+  probe/program.pt2             the model and its loss as one torch.export program
+  probe/data.safetensors        K training minibatches (+ an optional validation batch)
+  checkpoints/step_000000100.safetensors        weights; step, lr, train_loss in the header
+  checkpoints/step_000000100.optim.safetensors  optimizer class, hyperparameters and state
+  train_log.jsonl               optional {step, lr, loss} lines of logged minibatch losses
 """
 
 from __future__ import annotations

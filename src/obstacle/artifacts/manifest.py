@@ -18,8 +18,16 @@ MANIFEST_FORMAT = "obstacle.probe/1"
 
 # torch dtype name -> safetensors dtype code
 SAFETENSORS_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
 }
 
 
@@ -83,7 +91,9 @@ class ProbeManifest(BaseModel):
             spec, entry = expected[key], got[key]
             if list(entry.shape) != spec.shape:
                 wrong.append(f"{key}: shape {list(entry.shape)} (probe expects {spec.shape})")
-            elif SAFETENSORS_DTYPES.get(spec.dtype) != entry.dtype and not _both_float(spec.dtype, entry.dtype):
+            elif SAFETENSORS_DTYPES.get(spec.dtype) != entry.dtype and not _both_float(
+                spec.dtype, entry.dtype
+            ):
                 wrong.append(f"{key}: dtype {entry.dtype} (probe expects {spec.dtype})")
         if missing or extra or wrong:
             parts = []
@@ -101,7 +111,12 @@ class ProbeManifest(BaseModel):
 
 def _both_float(torch_dtype: str, code: str) -> bool:
     # A float32 probe accepts float64/bf16/f16 weights: the engine casts to its own dtype.
-    return torch_dtype in ("float64", "float32", "float16", "bfloat16") and code in ("F64", "F32", "F16", "BF16")
+    return torch_dtype in ("float64", "float32", "float16", "bfloat16") and code in (
+        "F64",
+        "F32",
+        "F16",
+        "BF16",
+    )
 
 
 def read_manifest(path: str | Path) -> ProbeManifest:
@@ -116,4 +131,6 @@ def read_manifest(path: str | Path) -> ProbeManifest:
     try:
         return ProbeManifest.model_validate(json.loads(text))
     except (json.JSONDecodeError, ValidationError) as exc:
-        raise ProbeError(f"{p}: the probe manifest is malformed: {exc}. Capture the probe again.") from None
+        raise ProbeError(
+            f"{p}: the probe manifest is malformed: {exc}. Capture the probe again."
+        ) from None

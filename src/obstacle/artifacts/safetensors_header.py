@@ -18,8 +18,21 @@ from obstacle.errors import CheckpointError
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
 
 
@@ -73,7 +86,9 @@ def read_header_bytes(handle: BinaryIO, *, total_size: int, name: str) -> Safete
             "The file is corrupt or not safetensors; write it again with safetensors."
         ) from None
     if not isinstance(doc, dict):
-        raise CheckpointError(f"{name}: the safetensors header must be a JSON object; got {type(doc).__name__}.")
+        raise CheckpointError(
+            f"{name}: the safetensors header must be a JSON object; got {type(doc).__name__}."
+        )
     metadata_raw = doc.pop("__metadata__", {}) or {}
     if not isinstance(metadata_raw, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata_raw.items()

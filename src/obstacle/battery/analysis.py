@@ -65,7 +65,9 @@ class _Session:
         self.run_dir = Path(run_dir)
         self.preset = preset
         self.probe = load_probe(self.run_dir)
-        self.engine = LossEngine.create(self.probe, device=device, dtype=dtype, max_batches=preset.max_batches)
+        self.engine = LossEngine.create(
+            self.probe, device=device, dtype=dtype, max_batches=preset.max_batches
+        )
         self.paths = dict(list_checkpoints(self.run_dir))
         if not self.paths:
             checkpoint_steps(self.run_dir)
@@ -74,7 +76,9 @@ class _Session:
 
     def load(self, step: int) -> Checkpoint:
         if step not in self.paths:
-            raise RunDirectoryError(f"{self.run_dir}: no checkpoint for step {step} (have {sorted(self.paths)}).")
+            raise RunDirectoryError(
+                f"{self.run_dir}: no checkpoint for step {step} (have {sorted(self.paths)})."
+            )
         return load_checkpoint(self.paths[step], self.probe.manifest)
 
     def theta(self, step: int) -> tuple[Checkpoint, torch.Tensor]:
@@ -139,13 +143,22 @@ def _run_checkpoint(session: _Session, step: int, carry: dict[str, Any]) -> Reco
     for quantity in _quantities(session.preset):
         details[quantity.name] = quantity(ctx)
     _, g = ctx.gradient()
-    cosine = float(torch.nn.functional.cosine_similarity(g, ctx.theta, dim=0)) if g.norm() > 0 and ctx.theta.norm() > 0 else math.nan
+    cosine = (
+        float(torch.nn.functional.cosine_similarity(g, ctx.theta, dim=0))
+        if g.norm() > 0 and ctx.theta.norm() > 0
+        else math.nan
+    )
     ctx.release()
     return flat_record(ctx.checkpoint, details, grad_param_cosine=cosine)
 
 
 def analyze_checkpoint(
-    run_dir: Path | str, step: int, *, preset: str = "standard", device: str = "cpu", dtype: str = "float64"
+    run_dir: Path | str,
+    step: int,
+    *,
+    preset: str = "standard",
+    device: str = "cpu",
+    dtype: str = "float64",
 ) -> Record:
     """The battery's record for one checkpoint (JSON-ready: non-finite values become null)."""
     session = _Session(Path(run_dir), get_preset(preset), device, dtype)
@@ -162,7 +175,11 @@ def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -
     lz = details.get("lanczos", {})
     pre = lz.get("preconditioned") or {}
     escape = lz.get("escape") or {}
-    deltas = [d for d in (escape.get("delta_plus") or []) + (escape.get("delta_minus") or []) if d is not None]
+    deltas = [
+        d
+        for d in (escape.get("delta_plus") or []) + (escape.get("delta_minus") or [])
+        if d is not None
+    ]
     return {
         "step": ck.step,
         "lr": ck.lr,
@@ -233,17 +250,30 @@ def summarize_run(
     }
     log = sequence.read_train_log(run_dir)
     run["train_log"] = (
-        {"steps": [e["step"] for e in log], "loss": [e["loss"] for e in log], **sequence.train_log_uphill(log)}
+        {
+            "steps": [e["step"] for e in log],
+            "loss": [e["loss"] for e in log],
+            **sequence.train_log_uphill(log),
+        }
         if log
         else None
     )
     thetas = [session.theta(s)[1] for s in steps]
     if len(thetas) >= 2:
-        alphas = [-0.5 + 2.0 * i / (chosen.interpolation_points - 1) for i in range(chosen.interpolation_points)]
-        run["interpolation"] = landscape.linear_interpolation(session.engine, thetas[0], thetas[-1], alphas=alphas)
+        alphas = [
+            -0.5 + 2.0 * i / (chosen.interpolation_points - 1)
+            for i in range(chosen.interpolation_points)
+        ]
+        run["interpolation"] = landscape.linear_interpolation(
+            session.engine, thetas[0], thetas[-1], alphas=alphas
+        )
         if chosen.checkpoint_interpolation_points:
             run["checkpoint_interpolation"] = landscape.interpolation_from_checkpoints(
-                session.engine, thetas, steps, thetas[-1], points=chosen.checkpoint_interpolation_points
+                session.engine,
+                thetas,
+                steps,
+                thetas[-1],
+                points=chosen.checkpoint_interpolation_points,
             )
         run["subspace"] = (
             landscape.subspace(session.engine, thetas, steps, grid=chosen.subspace_grid)
@@ -263,7 +293,9 @@ def summarize_run(
     verdict = judge(ordered, target_loss=target_loss, thresholds=limits)
     for r in ordered:
         r.pop("_curvature_cv", None)
-    return to_json({"schema": REPORT_SCHEMA, "verdict": verdict, "checkpoints": ordered, "run": run})
+    return to_json(
+        {"schema": REPORT_SCHEMA, "verdict": verdict, "checkpoints": ordered, "run": run}
+    )
 
 
 def analyze(
@@ -290,8 +322,14 @@ def analyze(
         progress("checkpoint", len(steps), len(steps))
         progress("run", 0, 1)
     report = summarize_run(
-        run_dir, records, preset=preset, target_loss=target_loss, device=device, dtype=dtype,
-        thresholds=thresholds, name=name,
+        run_dir,
+        records,
+        preset=preset,
+        target_loss=target_loss,
+        device=device,
+        dtype=dtype,
+        thresholds=thresholds,
+        name=name,
     )
     if progress:
         progress("run", 1, 1)

@@ -22,7 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from obstacle._validation import check_float, check_int
-from obstacle.artifacts.layout import CHECKPOINT_DIR, TRAIN_LOG, checkpoint_filename, optimizer_filename
+from obstacle.artifacts.layout import (
+    CHECKPOINT_DIR,
+    TRAIN_LOG,
+    checkpoint_filename,
+    optimizer_filename,
+)
 from obstacle.artifacts.manifest import ProbeManifest
 from obstacle.artifacts.safetensors_header import read_header
 from obstacle.errors import CheckpointError
@@ -92,9 +97,17 @@ def save_checkpoint(
                 "optimizer's parameters. Pass the nn.Module."
             )
         opt = _optimizer_state(model_or_state_dict, optimizer)
-        metadata["optimizer"] = json.dumps({"class": opt.kind, "hyperparameters": opt.hyperparameters})
-        opt_tensors = {f"{key}/{name}": _plain(t) for name, s in opt.state.items() for key, t in s.items()}
-        _atomic_save(opt_tensors, {"format": OPTIMIZER_FORMAT, **metadata}, directory / optimizer_filename(step))
+        metadata["optimizer"] = json.dumps(
+            {"class": opt.kind, "hyperparameters": opt.hyperparameters}
+        )
+        opt_tensors = {
+            f"{key}/{name}": _plain(t) for name, s in opt.state.items() for key, t in s.items()
+        }
+        _atomic_save(
+            opt_tensors,
+            {"format": OPTIMIZER_FORMAT, **metadata},
+            directory / optimizer_filename(step),
+        )
     path = directory / checkpoint_filename(step)
     _atomic_save(tensors, metadata, path)
     return path
@@ -130,11 +143,15 @@ def load_checkpoint(path: str | Path, manifest: ProbeManifest | None = None) -> 
     try:
         state = load_file(str(p))
     except SafetensorError as exc:
-        raise CheckpointError(f"{p}: unreadable safetensors data ({exc}); write the checkpoint again.") from None
+        raise CheckpointError(
+            f"{p}: unreadable safetensors data ({exc}); write the checkpoint again."
+        ) from None
     optimizer = None
     if "optimizer" in meta:
         optimizer = _load_optimizer(p.with_name(optimizer_filename(step)), meta["optimizer"])
-    return Checkpoint(step=step, lr=lr, train_loss=train_loss, state=state, optimizer=optimizer, path=p)
+    return Checkpoint(
+        step=step, lr=lr, train_loss=train_loss, state=state, optimizer=optimizer, path=p
+    )
 
 
 def _load_legacy(path: Path, manifest: ProbeManifest | None) -> Checkpoint:
@@ -177,7 +194,9 @@ def _load_optimizer(path: Path, header_json: str) -> OptimizerState:
         kind = str(info["class"])
         hyper = dict(info["hyperparameters"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: the 'optimizer' header entry is malformed; save the checkpoint again.") from None
+        raise CheckpointError(
+            f"{path}: the 'optimizer' header entry is malformed; save the checkpoint again."
+        ) from None
     if not path.exists():
         raise CheckpointError(
             f"{path}: the checkpoint names a {kind} optimizer but its state file is missing. "

@@ -21,22 +21,37 @@ def register(app: typer.Typer) -> None:
 
 def analyze_command(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run directory written by Probe.save and save_checkpoint.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A run directory written by Probe.save and save_checkpoint.", show_default=False
+        ),
     ],
     target_loss: Annotated[
         float | None,
-        typer.Option(help="The loss the run needs to reach: a minimum above it is a local minimum."),
+        typer.Option(
+            help="The loss the run needs to reach: a minimum above it is a local minimum."
+        ),
     ] = None,
     preset: Annotated[
         str, typer.Option(help="Cost preset: quick, standard or full (adds the Hessian spectrum).")
     ] = "standard",
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float64 (exact, default) or float32 (faster).")] = "float64",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full JSON report here.")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write the self-contained HTML report here.")] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")
+    ] = "cpu",
+    dtype: Annotated[
+        str, typer.Option(help="float64 (exact, default) or float32 (faster).")
+    ] = "float64",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full JSON report here.")
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write the self-contained HTML report here.")
+    ] = None,
     threshold: Annotated[
         list[str] | None,
-        typer.Option(help="Override a verdict threshold, NAME=VALUE (repeatable); see obstacle.battery.verdict."),
+        typer.Option(
+            help="Override a verdict threshold, NAME=VALUE (repeatable); see obstacle.battery.verdict."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -126,7 +141,10 @@ def _parse_thresholds(items: list[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            typer.echo(f"error: --threshold must be NAME=NUMBER, e.g. plateau_rel=0.05; got {item!r}.", err=True)
+            typer.echo(
+                f"error: --threshold must be NAME=NUMBER, e.g. plateau_rel=0.05; got {item!r}.",
+                err=True,
+            )
             raise typer.Exit(EXIT_BAD_INPUT)
     return out
 
@@ -158,7 +176,9 @@ def format_summary(report: dict[str, Any]) -> str:
     ]
     for obstacle in verdict["obstacles"]:
         lines.append("")
-        lines.append(f"  {obstacle['kind']} (confidence {obstacle['confidence']:.2f}), at steps {_steps(obstacle['steps'])}")
+        lines.append(
+            f"  {obstacle['kind']} (confidence {obstacle['confidence']:.2f}), at steps {_steps(obstacle['steps'])}"
+        )
         for ev in obstacle["evidence"]:
             lines.append(f"    - [{ev['test']}] {ev['statement']}")
         lines.append(f"    → {obstacle['suggestion']}")
@@ -177,7 +197,9 @@ def _steps(steps: list[int]) -> str:
 
 
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Where to write the demo runs and reports.")] = Path("obstacle-demo"),
+    out: Annotated[Path, typer.Option(help="Where to write the demo runs and reports.")] = Path(
+        "obstacle-demo"
+    ),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train small models on bundled data (no network), analyse them and print the verdicts.

@@ -37,8 +37,10 @@ def healthy_digits(run_dir: Path) -> None:
         idx = torch.randint(0, len(x), (64,), generator=g)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         if step % 15 == 0:
-            obstacle.save_checkpoint(run_dir, model, step=step, lr=0.05, train_loss=float(loss), optimizer=opt)
-        append_train_log(run_dir, step=step, lr=0.05, loss=float(loss))
+            obstacle.save_checkpoint(
+                run_dir, model, step=step, lr=0.05, train_loss=float(loss.detach()), optimizer=opt
+            )
+        append_train_log(run_dir, step=step, lr=0.05, loss=float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -51,7 +53,9 @@ def saddle_deep_linear(run_dir: Path) -> None:
     x = torch.randn(256, 6, generator=g, dtype=torch.float64)
     w = torch.randn(6, 4, generator=g, dtype=torch.float64)
     y = x @ w
-    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)).double()
+    model = nn.Sequential(
+        nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)
+    ).double()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e-3 / p.norm())
@@ -62,7 +66,7 @@ def saddle_deep_linear(run_dir: Path) -> None:
     for step in range(61):
         loss = F.mse_loss(model(x), y)
         if step % 10 == 0:
-            obstacle.save_checkpoint(run_dir, model, step=step, lr=lr, train_loss=float(loss))
+            obstacle.save_checkpoint(run_dir, model, step=step, lr=lr, train_loss=float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -80,7 +84,9 @@ def divergent(run_dir: Path) -> None:
     for step in range(31):
         loss = F.cross_entropy(model(x[:256]), y[:256])
         if step % 5 == 0:
-            obstacle.save_checkpoint(run_dir, model, step=step, lr=lr, train_loss=float(loss), optimizer=opt)
+            obstacle.save_checkpoint(
+                run_dir, model, step=step, lr=lr, train_loss=float(loss.detach()), optimizer=opt
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,8 +118,14 @@ def run_demo(out: Path, *, progress: bool = True) -> dict[str, str]:
             print(f"training {name} …", file=sys.stderr)
         build(run_dir)
         report = run_analysis(
-            run_dir, target_loss=None, preset="standard", device="cpu", dtype="float64", thresholds={},
-            progress=progress, name=name,
+            run_dir,
+            target_loss=None,
+            preset="standard",
+            device="cpu",
+            dtype="float64",
+            thresholds={},
+            progress=progress,
+            name=name,
         )
         typer.echo(format_summary(report))
         html = out / f"{name}.html"

@@ -26,7 +26,7 @@ from obstacle.errors import ParameterError
 
 __all__ = ["interpolation_from_checkpoints", "linear_interpolation", "subspace"]
 
-# The training loss counts as monotone on [0, 1] when no step of the grid rises by more than
+# The training loss counts as monotone on [0, 1] when its largest climb along the grid is at most
 # this fraction of the loss range over [0, 1], so float noise on a flat stretch is no barrier.
 MONOTONE_RTOL = 1e-3
 # ...plus a few ulps of the loss's magnitude, for a range that is itself rounding noise.
@@ -133,8 +133,8 @@ def linear_interpolation(
 
     Returns ``alphas``, ``train`` (probe loss J at each α), ``validation`` (None when the probe
     has no validation batch), ``distance`` ‖θb − θa‖, ``non_finite`` (count of non-finite
-    training losses on the grid), the summary on [0, 1] — ``monotone`` (no grid step rises by
-    more than ``tolerance`` = 1e-3 × the loss range on [0, 1] plus a few ulps), ``barrier``,
+    training losses on the grid), the summary on [0, 1] — ``monotone`` (the largest climb
+    ``rise`` is at most ``tolerance`` = 1e-3 × the loss range on [0, 1] plus a few ulps), ``barrier``,
     ``barrier_alpha``, ``rise`` (see :func:`_summary`) — and ``cost``.
     """
     points = check_int("points", points, low=2)

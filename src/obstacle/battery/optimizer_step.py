@@ -64,6 +64,8 @@ _NUMBERS = {
     "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum"),
     "Adagrad": ("lr", "lr_decay", "eps", "weight_decay"),
 }
+_NEVER_MOVES = torch.finfo(torch.float32).max  # preconditioner entry of a parameter not optimized
+
 _FLAGS = ("maximize", "nesterov", "amsgrad", "centered", "decoupled_weight_decay")
 
 
@@ -77,6 +79,7 @@ class _Segment:
     hyper: dict[str, Any]
     state: dict[str, Tensor] = field(default_factory=dict)
     steps_taken: float = 0.0
+    optimized: bool = True  # False: the optimizer holds no state for it (frozen or unused)
 
 
 @dataclass
@@ -86,7 +89,11 @@ class OptimizerModel:
     ``kind`` is ``"sgd"``, ``"momentum"``, ``"adam"``, ``"adamw"``, ``"rmsprop"`` or
     ``"adagrad"``; ``source`` is ``"optimizer_state"`` or ``"sgd_at_lr"``. ``lr`` is the
     learning rate the next step uses (the optimizer's param-group lr, which a scheduler keeps
-    current; the checkpoint's lr when no optimizer was saved; NaN when unknown).
+    current; the checkpoint's lr when no optimizer was saved; NaN when unknown). ``lr``,
+    ``momentum`` (heavy-ball μ: SGD's momentum, RMSprop's, Adam's β1; 0 if none) and
+    ``dampening`` (τ; β1 for Adam, whose m = β1·m + (1-β1)·g) are the first param group's;
+    per-parameter overrides (``hyperparameters["per_parameter"]``) apply inside :meth:`step`.
+    Parameters with no saved state while others have some are taken as frozen: step 0.
     """
 
     kind: str
@@ -98,6 +105,7 @@ class OptimizerModel:
     fresh: bool
     note: str | None
     optimizer_class: str | None
+    hyperparameters: dict[str, Any]
     segments: list[_Segment]
     num_parameters: int
     dtype: torch.dtype
@@ -149,6 +157,7 @@ class OptimizerModel:
             fresh=True,
             note=note,
             optimizer_class=optimizer_class,
+            hyperparameters=hyper,
             segments=segments,
             num_parameters=engine.num_parameters,
             dtype=engine.dtype,
@@ -183,6 +192,7 @@ class OptimizerModel:
         fresh = not any(opt.state.get(seg.name) for seg in segments)
         for seg in segments:
             _bind_state(seg, opt, engine, fresh=fresh)
+        unoptimized = [seg.name for seg in segments if not seg.optimized]
 
         kind = _kind(opt.kind, segments)
         momentum, dampening = _heavy_ball(opt.kind, global_hyper)
@@ -194,8 +204,14 @@ class OptimizerModel:
             dampening=dampening,
             nesterov=bool(global_hyper.get("nesterov", False)),
             fresh=fresh,
-            note=None,
+            note=(
+                f"no optimizer state for {unoptimized}: taken as not optimized (frozen or "
+                "unused), so their step is 0"
+                if unoptimized
+                else None
+            ),
             optimizer_class=opt.kind,
+            hyperparameters=global_hyper,
             segments=segments,
             num_parameters=engine.num_parameters,
             dtype=engine.dtype,
@@ -229,7 +245,10 @@ class OptimizerModel:
         ]
         for seg in self.segments:
             sl = slice(seg.start, seg.stop)
-            out[..., sl] = rule(seg, g[..., sl], theta[sl], self.fresh)
+            if seg.optimized:
+                out[..., sl] = rule(seg, g[..., sl], theta[sl], self.fresh)
+            else:
+                out[..., sl] = 0
         return out
 
     def preconditioner(self) -> Tensor | None:
@@ -237,15 +256,19 @@ class OptimizerModel:
 
         Adam/AdamW: ``P = sqrt(v̂) + eps`` with ``v̂ = v/(1-β2ᵗ)`` (``v_max`` under AMSGrad), so
         the step is ``-lr·P⁻¹·m̂``; RMSprop: ``sqrt(v) + eps`` (centered: ``sqrt(v - ḡ²) + eps``);
-        Adagrad: ``sqrt(Σg²) + eps``. None for SGD and momentum, and for an optimizer that has
-        not taken a step yet (no second-moment estimate to precondition with).
+        Adagrad: ``sqrt(Σg²) + eps``. Parameters the optimizer does not hold take no step: their
+        P is the dtype's largest finite value (P⁻¹ ≈ 0, and validators that want finite
+        entries accept it). None for SGD and momentum, for an optimizer that has not taken a
+        step yet (no second-moment estimate), and for non-finite state (a diverged run).
         """
         if not self.adaptive or self.fresh:
             return None
         parts = []
         for seg in self.segments:
             h, s = seg.hyper, seg.state
-            if self.optimizer_class in ("Adam", "AdamW"):
+            if not seg.optimized:
+                parts.append(torch.full((seg.stop - seg.start,), _NEVER_MOVES, dtype=self.dtype))
+            elif self.optimizer_class in ("Adam", "AdamW"):
                 v = s["max_exp_avg_sq"] if h["amsgrad"] else s["exp_avg_sq"]
                 beta2 = h["betas"][1]
                 parts.append(v.sqrt() / math.sqrt(1 - beta2**seg.steps_taken) + h["eps"])
@@ -254,9 +277,9 @@ class OptimizerModel:
                 parts.append(v.sqrt() + h["eps"])
             else:  # Adagrad
                 parts.append(s["sum"].sqrt() + h["eps"])
-        return torch.cat(parts)
+        diagonal = torch.cat(parts).to(self.device)
+        return diagonal if bool(torch.isfinite(diagonal).all()) else None
 
-    @property
     def stability_threshold(self) -> float:
         """The bound on ``lr·λmax`` (of H, or of P^-1/2·H·P^-1/2 when adaptive) for stability.
 
@@ -271,7 +294,12 @@ class OptimizerModel:
             return 2.0 * (1.0 + seg.steps_taken * float(seg.hyper["lr_decay"]))
         if self.nesterov:
             return 2.0 * (1.0 + mu) / (1.0 + 2.0 * mu)
-        return 2.0 * (1.0 + mu) / (1.0 - tau)
+        return 2.0 * (1.0 + mu) / (1.0 - tau) if tau < 1 else math.inf
+
+    @property
+    def unoptimized(self) -> list[str]:
+        """Parameters the optimizer holds no state for (taken as frozen or unused: step 0)."""
+        return [seg.name for seg in self.segments if not seg.optimized]
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary of what the model replays."""
@@ -284,9 +312,15 @@ class OptimizerModel:
             "dampening": self.dampening,
             "nesterov": self.nesterov,
             "fresh_state": self.fresh,
-            "stability_threshold": self.stability_threshold,
+            "stability_threshold": self.stability_threshold(),
+            "hyperparameters": _json_ready(self.hyperparameters),
+            "unoptimized_parameters": self.unoptimized,
             "note": self.note,
         }
+
+
+def _json_ready(hyper: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in hyper.items()}
 
 
 def optimizer_model_for(ctx: CheckpointContext) -> OptimizerModel:
@@ -319,9 +353,8 @@ def _hyperparameters(
     """Checked hyperparameters for one parameter (or the whole optimizer)."""
     out: dict[str, Any] = {}
     for key in _NUMBERS[kind]:
-        value = raw.get(key)
-        if key == "lr" and value is None:
-            value = checkpoint_lr  # a tensor lr is not saved as a scalar: fall back
+        # a tensor lr is not saved as a scalar: fall back to the checkpoint's
+        value = checkpoint_lr if key == "lr" and key not in raw else raw.get(key)
         out[key] = _number(value, key, where)
     if kind in ("Adam", "AdamW"):
         betas = raw.get("betas")
@@ -330,7 +363,12 @@ def _hyperparameters(
                 f"The optimizer hyperparameter 'betas' of {where} must be a pair of numbers; got "
                 f"{betas!r}. Save the checkpoint again with obstacle.save_checkpoint(optimizer=...)."
             )
-        out["betas"] = (_number(betas[0], "betas[0]", where), _number(betas[1], "betas[1]", where))
+        out["betas"] = tuple(_number(b, f"betas[{i}]", where) for i, b in enumerate(betas))
+        if not all(0 <= b < 1 for b in out["betas"]):
+            raise CheckpointError(
+                f"The optimizer hyperparameter 'betas' of {where} must lie in [0, 1); got "
+                f"{list(betas)!r}. Save the checkpoint again with obstacle.save_checkpoint(optimizer=...)."
+            )
     for flag in _FLAGS:
         out[flag] = bool(raw.get(flag, False))
     if kind == "AdamW":
@@ -357,6 +395,11 @@ def _bind_state(seg: _Segment, opt: OptimizerState, engine: LossEngine, *, fresh
         if opt.kind == "Adagrad":
             init = float(opt.hyperparameters.get("initial_accumulator_value", 0.0))
             seg.state["sum"] = torch.full((numel,), init, dtype=engine.dtype, device=engine.device)
+        return
+    if needed and not saved:
+        # Others have state, this one none: torch never stepped it (frozen, left out of the
+        # optimizer, or unused by the loss), so it does not move. A partial state is an error.
+        seg.optimized = False
         return
     for slot in needed:
         tensor = saved.get(slot)

@@ -74,7 +74,11 @@ class Probe:
         mode (dropout off, batch-norm running statistics) and restored to its mode afterwards.
         """
         probe_batches = _check_batches(batches)
-        val = _check_batch(validation, "validation", probe_batches[0]) if validation is not None else None
+        val = (
+            _check_batch(validation, "validation", probe_batches[0])
+            if validation is not None
+            else None
+        )
         if isinstance(loss_fn, nn.Module) and any(p.requires_grad for p in loss_fn.parameters()):
             raise ProbeError(
                 f"loss_fn {type(loss_fn).__name__} has trainable parameters; the probe's checkpoints "
@@ -140,7 +144,9 @@ def content_hash(probe_dir: Path) -> str:
     for name in (PROBE_PROGRAM, PROBE_DATA):
         path = probe_dir / name
         if not path.exists():
-            raise ProbeError(f"{path}: missing probe file. Capture the probe again with Probe.capture(...).save().")
+            raise ProbeError(
+                f"{path}: missing probe file. Capture the probe again with Probe.capture(...).save()."
+            )
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -163,10 +169,14 @@ def _check_batches(batches: Sequence[Sequence[torch.Tensor]]) -> list[Batch]:
 
 def _check_batch(batch: Sequence[torch.Tensor], name: str, like: Batch | None) -> Batch:
     if isinstance(batch, torch.Tensor) or not all(isinstance(t, torch.Tensor) for t in batch):
-        raise ProbeError(f"{name} must be a tuple (*inputs, target) of tensors; got {type(batch).__name__}.")
+        raise ProbeError(
+            f"{name} must be a tuple (*inputs, target) of tensors; got {type(batch).__name__}."
+        )
     tensors = tuple(t.detach().cpu().contiguous() for t in batch)
     if len(tensors) < 2:
-        raise ProbeError(f"{name} must hold at least (input, target); got {len(tensors)} tensor(s).")
+        raise ProbeError(
+            f"{name} must hold at least (input, target); got {len(tensors)} tensor(s)."
+        )
     sizes = {t.shape[0] if t.dim() else None for t in tensors}
     if len(sizes) != 1 or None in sizes:
         raise ProbeError(
@@ -175,10 +185,13 @@ def _check_batch(batch: Sequence[torch.Tensor], name: str, like: Batch | None) -
         )
     size = int(tensors[0].shape[0])
     if size < 2:
-        raise ProbeError(f"{name}: the batch size must be at least 2 to trace a dynamic batch dimension; got {size}.")
+        raise ProbeError(
+            f"{name}: the batch size must be at least 2 to trace a dynamic batch dimension; got {size}."
+        )
     if like is not None:
         if len(tensors) != len(like) or any(
-            t.shape[1:] != u.shape[1:] or t.dtype != u.dtype for t, u in zip(tensors, like, strict=True)
+            t.shape[1:] != u.shape[1:] or t.dtype != u.dtype
+            for t, u in zip(tensors, like, strict=True)
         ):
             raise ProbeError(
                 f"{name} does not match batches[0]: shapes {[tuple(t.shape) for t in tensors]} vs "
@@ -225,9 +238,17 @@ def _export(model: nn.Module, loss_fn: LossFn, batch: Batch) -> torch.export.Exp
     try:
         with _module_stack(model) as stack, _math_attention(), warnings.catch_warnings():
             # torch.export's own pytree code trips its deprecation of LeafSpec; not the user's.
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+            )
+            # nn.LSTM/GRU re-assign their flat weight list while tracing; the export still works.
+            warnings.filterwarnings(
+                "ignore", message=r".*_flat_weights.*assigned during export", category=UserWarning
+            )
             try:
-                program = torch.export.export(wrapper, batch, dynamic_shapes=(dynamic,), strict=False)
+                program = torch.export.export(
+                    wrapper, batch, dynamic_shapes=(dynamic,), strict=False
+                )
             except Exception as exc:
                 layer = stack[-1] if stack else f"<root> ({type(model).__name__})"
                 raise ProbeError(
@@ -291,10 +312,13 @@ def _manifest(
     # Only the model's own tensors travel in checkpoints; a loss module's buffers (class
     # weights, say) stay fixed inside the program.
     params = [_spec(_strip(n), state[n]) for n in sig.parameters if n.startswith(_MODEL_PREFIX)]
-    buffers = [_spec(_strip(n), _buffer(program, n)) for n in sig.buffers if n.startswith(_MODEL_PREFIX)]
+    buffers = [
+        _spec(_strip(n), _buffer(program, n)) for n in sig.buffers if n.startswith(_MODEL_PREFIX)
+    ]
     first = batches[0]
     inputs = [
-        InputSpec(index=i, shape=[-1, *t.shape[1:]], dtype=_dtype_name(t.dtype)) for i, t in enumerate(first)
+        InputSpec(index=i, shape=[-1, *t.shape[1:]], dtype=_dtype_name(t.dtype))
+        for i, t in enumerate(first)
     ]
     return ProbeManifest(
         parameters=params,
@@ -330,7 +354,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _data_tensors(batches: list[Batch], validation: Batch | None) -> dict[str, torch.Tensor]:
-    data = {f"batch_{k}.{i}": t.contiguous() for k, b in enumerate(batches) for i, t in enumerate(b)}
+    data = {
+        f"batch_{k}.{i}": t.contiguous() for k, b in enumerate(batches) for i, t in enumerate(b)
+    }
     if validation is not None:
         data.update({f"validation.{i}": t.contiguous() for i, t in enumerate(validation)})
     return data
@@ -350,8 +376,13 @@ def _split_data(
             f"{where / PROBE_DATA}: the probe data does not match the manifest "
             f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}). Capture the probe again."
         )
-    batches = [tuple(tensors[f"batch_{k}.{i}"] for i in range(n_inputs)) for k in range(manifest.num_batches)]
+    batches = [
+        tuple(tensors[f"batch_{k}.{i}"] for i in range(n_inputs))
+        for k in range(manifest.num_batches)
+    ]
     validation = (
-        tuple(tensors[f"validation.{i}"] for i in range(n_inputs)) if manifest.validation_size is not None else None
+        tuple(tensors[f"validation.{i}"] for i in range(n_inputs))
+        if manifest.validation_size is not None
+        else None
     )
     return batches, validation

@@ -126,7 +126,7 @@ def uphill_step_rate(records: Iterable[Record]) -> dict[str, Any]:
     - ``consecutive``: for pairs whose steps differ by exactly 1 (the real optimizer step from
       t to t+1), the real change ``actual = J(t+1) − J(t)`` against the record's Taylor
       ``predicted_change`` at t (``predicted`` is None when it was not computed);
-      ``sign_agreement`` is the fraction of pairs with both numbers finite whose signs agree
+      ``sign_agreement`` is the fraction of pairs with both numbers finite whose signs (−, 0, +) agree
       (``compared`` of them), ``actual_uphill``/``predicted_uphill`` count positive changes.
     """
     ordered = _ordered(records)

@@ -145,6 +145,8 @@ class Checkpoint(Base):
     train_loss: Mapped[float | None] = mapped_column(Float)
     # Names of tensors holding NaN/Inf ("train_loss" when the logged loss is not finite).
     nonfinite: Mapped[list[Any]] = mapped_column(default=list)
+    # The optimizer class the checkpoint's header names; its state is a second upload.
+    optimizer_class: Mapped[str | None] = mapped_column(String(200))
     optimizer_sha256: Mapped[str | None] = mapped_column(String(64))
     optimizer_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     optimizer_store_key: Mapped[str | None] = mapped_column(String(500))

@@ -8,6 +8,7 @@ in the service gives a 500, and its body leaks nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,13 @@ from obstacle.errors import (
     UnsafeArchiveError,
 )
 
-__all__ = ["INPUT_ERRORS", "PROBLEM_RESPONSES", "Problem", "ProblemError", "install_problem_handlers"]
+__all__ = [
+    "INPUT_ERRORS",
+    "PROBLEM_RESPONSES",
+    "Problem",
+    "ProblemError",
+    "install_problem_handlers",
+]
 
 logger = logging.getLogger("obstacle.service")
 
@@ -99,7 +106,7 @@ def problem_response(
     title: str | None = None,
     slug: str | None = None,
     request: Request | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
     body = Problem(
@@ -111,7 +118,10 @@ def problem_response(
         errors=errors,
     )
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=MEDIA_TYPE
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        headers=headers,
+        media_type=MEDIA_TYPE,
     )
 
 
@@ -125,6 +135,21 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _problem_schema("No such resource in the token's project"),
     422: _problem_schema("The request or the uploaded content is invalid"),
 }
+
+
+def upload_responses(model: type[BaseModel], what: str) -> dict[int | str, dict[str, Any]]:
+    """The extra responses of an upload route."""
+    return {
+        200: {
+            "model": model,
+            "description": f"The same {what} was already uploaded; nothing changed.",
+        },
+        400: _problem_schema(f"No or malformed {what} checksum header"),
+        409: _problem_schema(
+            "Other bytes were already uploaded here, or a prerequisite is missing"
+        ),
+        413: _problem_schema(f"The {what} is over the size limit"),
+    }
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -150,7 +175,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+            {
+                "loc": list(err.get("loc", ())),
+                "msg": str(err.get("msg", "")),
+                "type": str(err.get("type", "")),
+            }
             for err in exc.errors()
         ]
         listed = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -23,11 +24,15 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, description="A name for people; not unique.")
-    meta: dict[str, Any] = Field(default_factory=dict, description="Free-form JSON kept with the run.")
+    meta: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form JSON kept with the run."
+    )
 
 
 class ProbePublic(BaseModel):
-    sha256: str = Field(description="SHA-256 of the uploaded bundle; the same bytes again is a no-op.")
+    sha256: str = Field(
+        description="SHA-256 of the uploaded bundle; the same bytes again is a no-op."
+    )
     content_hash: str = Field(description="SHA-256 over program.pt2 then data.safetensors.")
     size_bytes: int
     num_parameters: int
@@ -57,8 +62,9 @@ class RunsPublic(BaseModel):
 
 
 class OptimizerStatePublic(BaseModel):
-    sha256: str
-    size_bytes: int
+    class_name: str = Field(description="The optimizer the checkpoint's header names.")
+    sha256: str | None = Field(description="SHA-256 of its uploaded state; null until uploaded.")
+    size_bytes: int | None
 
 
 class CheckpointPublic(BaseModel):
@@ -100,15 +106,16 @@ class AnalysisCreate(BaseModel):
 
     preset: Preset = Field(default="standard", description="Cost preset of the battery.")
     target_loss: float | None = Field(
-        default=None, description="The loss the run needs to reach; a run stuck above it is flagged."
+        default=None,
+        description="The loss the run needs to reach; a run stuck above it is flagged.",
     )
     options: AnalysisOptions = Field(default_factory=AnalysisOptions)
 
     @field_validator("target_loss")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
-        if value is not None and value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("target_loss must be a finite number")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"target_loss must be a finite number; got {value}")
         return value
 
 
@@ -133,8 +140,12 @@ class AnalysisPublic(BaseModel):
     steps: list[int]
     progress: Progress
     errors: list[CheckpointErrorPublic]
-    report: dict[str, Any] | None = Field(description="The JSON report once the state is succeeded.")
-    report_files: list[str] = Field(description="Files of the HTML report, below /v1/analyses/{id}/.")
+    report: dict[str, Any] | None = Field(
+        description="The JSON report once the state is succeeded."
+    )
+    report_files: list[str] = Field(
+        description="Files of the HTML report, below /v1/analyses/{id}/."
+    )
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

@@ -57,7 +57,8 @@ def stability_threshold(kind: str, hyper: Mapping[str, Any] | None = None) -> fl
       z = −1 of z² − (1+μ)(1−h)z + μ(1−h) at h = lr·λ).
     - Adam / AdamW with β1: (2+2β1)/(1−β1), 38 for β1 = 0.9, on the preconditioned sharpness
       (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability"): the EMA momentum
-      m ← β1·m + (1−β1)g is heavy ball with dampening 1−β1. AdamW's decoupled decay only shrinks.
+      m ← β1·m + (1−β1)g is heavy ball with μ = τ = β1 in
+      torch's SGD terms. AdamW's decoupled decay only shrinks.
     - RMSprop with momentum μ (``torch.optim.RMSprop``: b ← μb + g/(√v+ε)): 2(1+μ) on the
       preconditioned sharpness; 2 without momentum.
 

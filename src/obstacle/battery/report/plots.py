@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,15 @@ _CYCLE = [PALETTE[k] for k in ("blue", "orange", "green", "vermillion", "purple"
 
 # A quantity whose positive values span this many decades is drawn on a log axis.
 LOG_DECADES = 2.0
+# Gradient norm and SNR are read as ratios (10× smaller gradient): log from one decade on.
+RATIO_LOG_DECADES = 1.0
+# The saddle slice compares −λmin with λmax, never with less than this fraction of the run's
+# largest λmax (see select_saddle_checkpoint): 1e-3 keeps a 0.1%-of-sharpest negative curvature
+# eligible while ignoring eigenvalues at float-noise level (1e-15 and below) on flat checkpoints.
+SADDLE_SCALE_FLOOR = 1e-3
+# Log axes show at most 1e±200: matplotlib's log tick locator reaches a stride of decades
+# beyond the view, and fails when that passes the float range (1e308).
+DISPLAY_LIMIT = 1e200
 # PNG resolution: sharp on a high-density screen, small enough to inline in one HTML file.
 PNG_DPI = 130
 
@@ -105,12 +115,61 @@ def _finite(*arrays: FloatArray | None) -> FloatArray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _spans_decades(*arrays: FloatArray | None) -> bool:
-    """All finite values positive and spanning at least ``LOG_DECADES`` decades."""
+def _decades(positive: FloatArray) -> float:
+    """log10(max / min) of positive values, without overflowing for 1e300 / 1e-300."""
+    return math.log10(float(positive.max())) - math.log10(float(positive.min()))
+
+
+def _spans_decades(*arrays: FloatArray | None, decades: float = LOG_DECADES) -> bool:
+    """All finite values positive and spanning at least ``decades`` decades."""
     values = _finite(*arrays)
     if values.size < 2 or np.any(values <= 0):
         return False
-    return bool(math.log10(values.max() / values.min()) >= LOG_DECADES)
+    return _decades(values) >= decades
+
+
+def _safe_margins(ax: Axes) -> None:
+    """Keep a log/symlog axis inside what matplotlib can draw when the data nears 1e±308.
+
+    A diverging run can record a loss of 1e300: matplotlib pads 5% in log space (10^315
+    overflows) and its log tick locator fails past the float range. Beyond ``DISPLAY_LIMIT`` the
+    view is clamped (the line leaves the frame, as on any plot whose data exceeds its axis);
+    below it, the margins shrink so the padded view stays finite.
+    """
+    scale = ax.get_yscale()
+    if scale not in ("log", "symlog"):
+        return
+    drawn = _finite(*[np.asarray(ln.get_ydata(), dtype=np.float64) for ln in ax.get_lines()])
+    magnitudes = np.abs(drawn[drawn != 0])
+    if magnitudes.size == 0:
+        return
+    high, low = float(magnitudes.max()), float(magnitudes.min())
+    if high > DISPLAY_LIMIT or low < 1 / DISPLAY_LIMIT:
+        ax.set_ymargin(0.0)  # set_ylim below first autoscales the stale view: keep that finite
+    if scale == "log":
+        if high > DISPLAY_LIMIT or low < 1 / DISPLAY_LIMIT:
+            top, bottom = min(high, DISPLAY_LIMIT), max(low, 1 / DISPLAY_LIMIT)
+            pad = 10.0 ** (0.05 * max(math.log10(top / bottom), 1.0))
+            ax.set_ylim(max(bottom / pad, 1 / DISPLAY_LIMIT), min(top * pad, DISPLAY_LIMIT))
+            return
+        room = min(300.0 - math.log10(high), math.log10(low) + 300.0)
+    else:
+        if high > DISPLAY_LIMIT:
+            vmin = max(float(drawn.min()), -DISPLAY_LIMIT)
+            vmax = min(float(drawn.max()), DISPLAY_LIMIT)
+            ax.set_ylim(vmin * 2 if vmin < 0 else 0.0, vmax * 2 if vmax > 0 else 0.0)
+            return
+        room = 300.0 - math.log10(high)
+    span = max(math.log10(high) - math.log10(low), 1e-9)
+    if room < 0.05 * span:
+        ax.margins(y=max(room, 0.0) / span)
+
+
+def _no_offset(ax: Axes) -> None:
+    """Plain tick labels on a linear y axis: a loss flat to 1e-12 reads 4.5763801274, not as
+    '1e-12 + 4.576380127' (matplotlib's offset notation)."""
+    if ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", useOffset=False)
 
 
 def _positive(values: FloatArray) -> FloatArray:
@@ -138,11 +197,7 @@ def _auto_scale(ax: Axes, *arrays: FloatArray | None) -> str:
         ax.set_yscale("log")
         return "log"
     magnitudes = np.abs(values[values != 0])
-    if (
-        np.any(values < 0)
-        and magnitudes.size >= 2
-        and math.log10(magnitudes.max() / magnitudes.min()) >= LOG_DECADES + 1
-    ):
+    if np.any(values < 0) and magnitudes.size >= 2 and _decades(magnitudes) >= LOG_DECADES + 1:
         ax.set_yscale("symlog", linthresh=_linthresh(values))
         return "symlog"
     return "linear"
@@ -195,7 +250,10 @@ def _titles(fig: Figure, top: Axes, title: str, hint: str) -> None:
     """A bold title saying what is drawn and, above the top axes, a grey line saying what to
     look for."""
     fig.suptitle(title, x=0.01, ha="left", fontsize=11.5, fontweight="bold")
-    top.set_title(hint, loc="left", fontsize=8.8, color=_GREY)
+    # about 13 characters of 8.8-pt text per inch of figure width
+    width = int(fig.get_figwidth() * 13)
+    wrapped = "\n".join(textwrap.fill(line, width=width) for line in hint.split("\n"))
+    top.set_title(wrapped, loc="left", fontsize=8.8, color=_GREY)
 
 
 def _legend(ax: Axes, *, outside: bool = False) -> None:
@@ -257,9 +315,9 @@ def plot_interpolation(report: Report) -> Figure | None:
     alphas, train = _array(_get(record, "alphas")), _array(_get(record, "train"))
     if alphas.size < 2 or train.size != alphas.size or not np.isfinite(train).any():
         return None
-    validation: FloatArray | None = _array(_get(record, "validation"))
-    if validation is None or validation.size != alphas.size or not np.isfinite(validation).any():
-        validation = None
+    recorded = _array(_get(record, "validation"))
+    usable = recorded.size == alphas.size and np.isfinite(recorded).any()
+    validation = recorded if usable else None
 
     fig = _figure(7.6, 4.3)
     ax = fig.add_subplot()
@@ -271,6 +329,7 @@ def plot_interpolation(report: Report) -> Figure | None:
 
     ax.axvspan(0.0, 1.0, color=PALETTE["sky"], alpha=0.12, lw=0, label="between the checkpoints")
     ax.plot(alphas, shown(train), color=PALETTE["blue"], lw=2.0, label="training loss (probe)")
+    _safe_margins(ax)
     if validation is not None:
         ax.plot(
             alphas,
@@ -287,12 +346,12 @@ def plot_interpolation(report: Report) -> Figure | None:
         if not (math.isfinite(y) and (y > 0 or not log)):
             ax.annotate(
                 name + "\nloss non-finite",
-                (alpha, 1.0),
+                (alpha, 0.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(0, -4),
+                xytext=(0, 6),
                 textcoords="offset points",
                 ha="center",
-                va="top",
+                va="bottom",
                 fontsize=8.5,
                 color=PALETTE["vermillion"],
             )
@@ -308,13 +367,15 @@ def plot_interpolation(report: Report) -> Figure | None:
                 fontweight="bold",
             )
 
+    ax.set_xlim(float(np.nanmin(alphas)), float(np.nanmax(alphas)))
+    _safe_margins(ax)
     if _get(record, "monotone") is False:
-        _annotate_barrier(ax, record, alphas, train)
+        _annotate_barrier(ax, record, alphas, train, log=log)
 
     ax.set_xlabel(r"$\alpha$   (0 = first checkpoint $\theta_0$, 1 = last checkpoint $\theta_T$)")
     ax.set_ylabel("loss (probe mean)")
-    ax.set_xlim(float(np.nanmin(alphas)), float(np.nanmax(alphas)))
-    _legend(ax)
+    _no_offset(ax)
+    _legend(ax, outside=True)
     monotone = _get(record, "monotone")
     hint = (
         "No bump between the checkpoints: the straight line from θ0 to θT crosses no barrier."
@@ -346,29 +407,46 @@ def _shade_missing(ax: Axes, alphas: FloatArray, values: FloatArray) -> None:
 
 
 def _annotate_barrier(
-    ax: Axes, record: Mapping[str, Any], alphas: FloatArray, train: FloatArray
+    ax: Axes, record: Mapping[str, Any], alphas: FloatArray, train: FloatArray, *, log: bool
 ) -> None:
+    """Mark where the curve is not monotone, with the battery's numbers.
+
+    The battery's ``barrier`` is the height above the chord between J(θ0) and J(θT) (linear mode
+    connectivity); the chord is drawn so the number can be read off the plot. A curve can rise
+    without crossing the chord (``barrier`` 0): then the recorded ``rise`` is what is shown.
+    """
     barrier = _to_float(record.get("barrier"))
+    rise = _to_float(record.get("rise"))
     alpha = _to_float(record.get("barrier_alpha"))
-    if not math.isfinite(alpha):
-        inside = np.isfinite(train) & (alphas >= 0) & (alphas <= 1)
-        if not inside.any():
-            return
-        alpha = float(alphas[inside][np.argmax(train[inside])])
-    y = _value_at(alphas, train, alpha)
-    if not math.isfinite(y):
+    inside = np.isfinite(train) & (alphas >= 0) & (alphas <= 1)
+    if not inside.any():
         return
-    ax.plot([alpha], [y], marker="v", color=PALETTE["vermillion"], ms=9, zorder=6)
-    text = (
-        f"barrier {format_number(barrier)}\nat α = {format_number(alpha)}"
-        if math.isfinite(barrier)
-        else f"barrier (not monotone)\nat α = {format_number(alpha)}"
-    )
+    start, end = _value_at(alphas, train, 0.0), _value_at(alphas, train, 1.0)
+    if math.isfinite(start) and math.isfinite(end):
+        ax.plot([0.0, 1.0], [start, end], color=_GREY, lw=1.0, ls="--", label="chord θ0 → θT")
+    if not math.isfinite(alpha):
+        # where the curve climbs most above its running minimum: the visible bump
+        a, j = alphas[inside], train[inside]
+        alpha = float(a[np.argmax(j - np.minimum.accumulate(j))])
+    y = _value_at(alphas, train, alpha)
+    if not math.isfinite(y) or (log and y <= 0):
+        return
+    ax.plot([alpha], [y], marker="v", color=PALETTE["vermillion"], ms=9, zorder=6, ls="none")
+    if math.isfinite(barrier) and barrier > 0:
+        text = f"barrier {format_number(barrier)} above the chord\nat α = {format_number(alpha)}"
+    elif math.isfinite(rise) and rise > 0:
+        text = f"not monotone: rises by {format_number(rise)}\nat α = {format_number(alpha)}"
+    else:
+        text = f"not monotone\nat α = {format_number(alpha)}"
+    # put the text inside the axes, on the side of the point with more room
+    ax.autoscale_view()
+    fx, fy = (ax.transScale + ax.transLimits).transform((alpha, y))
     annotation = ax.annotate(
         text,
         (alpha, y),
-        xytext=(28, 22),
-        textcoords="offset points",
+        xytext=(fx - 0.08 if fx > 0.6 else fx + 0.08, fy - 0.3 if fy > 0.6 else fy + 0.2),
+        textcoords="axes fraction",
+        ha="right" if fx > 0.6 else "left",
         color=PALETTE["vermillion"],
         fontsize=9,
         fontweight="bold",
@@ -420,16 +498,25 @@ def plot_subspace(report: Report) -> Figure | None:
     bar.set_label("loss (probe mean)" + (", log scale" if log else ""))
 
     _draw_path(ax, _get(record, "path"))
-    ax.set_xlabel(r"direction $\theta_T - \theta_0$  (0 = first checkpoint, 1 = last)")
-    ax.set_ylabel("path's largest deviation orthogonal to it")
-    _legend(ax)
-    _titles(
-        fig,
-        ax,
-        "Loss landscape on the plane of the training path",
-        "Look for where the path bends or stalls: a ridge it skirts, a valley floor it follows, or a "
-        "basin it stops short of.",
+    length = _to_float(_get(record, "u_norm"))
+    ax.set_xlabel(
+        r"along $\theta_T - \theta_0$  (parameter distance from $\theta_0$"
+        + (f"; θT at {format_number(length)})" if math.isfinite(length) else ")")
     )
+    random = _get(record, "w_source") == "random"
+    ax.set_ylabel(
+        "a random direction orthogonal to it" if random else "along the path's largest deviation"
+    )
+    _legend(ax)
+    hint = (
+        "Look for where the path bends or stalls: a ridge it skirts, a valley floor it follows, or "
+        "a basin it stops short of."
+    )
+    residual = _to_float(_get(record, "residual"))
+    if math.isfinite(residual):
+        share = format_number(100 * (1 - residual), digits=2)
+        hint += f" The plane holds {share}% of the path's squared displacement."
+    _titles(fig, ax, "Loss landscape on the plane of the training path", hint)
     return fig
 
 
@@ -494,9 +581,11 @@ def select_saddle_checkpoint(report: Report) -> Mapping[str, Any] | None:
     """The checkpoint where the saddle evidence is strongest, among those with a recorded slice.
 
     First choice: λmin < 0 with an escape certificate that descends, largest −λmin/|λmax| (the
-    negative curvature relative to the scale of the landscape; ties broken by −λmin). Otherwise
-    the most negative λmin, otherwise the first checkpoint with a slice. ``None`` when no
-    checkpoint recorded a slice.
+    negative curvature relative to the scale of the landscape; ties broken by −λmin). |λmax| is
+    floored at ``SADDLE_SCALE_FLOOR`` × the run's largest |λmax|: where a checkpoint's λmax is
+    numerically 0 (dead units, a flat diverged region) its λmin is float noise, and a raw ratio
+    would pick it. Otherwise the most negative λmin, otherwise the first checkpoint with a slice.
+    ``None`` when no checkpoint recorded a slice.
     """
     candidates = [c for c in _checkpoints(report) if _slice(c) is not None]
     if not candidates:
@@ -511,10 +600,13 @@ def select_saddle_checkpoint(report: Report) -> Mapping[str, Any] | None:
         if lam(c, "lambda_min") < 0 and _get(c, "details", "lanczos", "escape", "descends") is True
     ]
     if certified:
+        scales = _finite(np.abs(_series(_checkpoints(report), "lambda_max")))
+        floor = SADDLE_SCALE_FLOOR * float(scales.max()) if scales.size else 0.0
 
         def strength(c: Mapping[str, Any]) -> tuple[float, float]:
             lam_max = abs(lam(c, "lambda_max"))
-            ratio = -lam(c, "lambda_min") / lam_max if math.isfinite(lam_max) and lam_max else 0.0
+            scale = max(lam_max, floor) if math.isfinite(lam_max) else floor
+            ratio = -lam(c, "lambda_min") / scale if scale > 0 else 0.0
             return ratio, -lam(c, "lambda_min")
 
         return max(certified, key=strength)
@@ -586,6 +678,7 @@ def plot_negative_curvature(report: Report) -> Figure | None:
         r"$\alpha$   (distance along the unit eigenvector $v_{\min}$ of $\lambda_{\min}$)"
     )
     ax.set_ylabel("loss (probe mean)")
+    _no_offset(ax)
     _legend(ax, outside=True)
     where = f"step {int(step)}" if math.isfinite(step) else "the selected checkpoint"
     facts = f"λmin = {format_number(lam_min)}, λmax = {format_number(lam_max)}"
@@ -658,6 +751,8 @@ def plot_time_series(report: Report) -> Figure | None:
     _shade_nonfinite(axes, checkpoints, steps)
     for ax in axes:
         _legend(ax, outside=True)
+        _no_offset(ax)
+        _safe_margins(ax)
     axes[-1].set_xlabel("step")
     if steps.size == 1:
         axes[-1].set_xlim(steps[0] - 1, steps[0] + 1)
@@ -683,6 +778,8 @@ def _line(ax: Axes, x: FloatArray, y: FloatArray, label: str, color: str, **kw: 
     if not np.isfinite(y).any():
         return False
     ax.plot(x, y, marker=kw.pop("marker", "o"), ms=kw.pop("ms", 3), color=color, label=label, **kw)
+    # before anything autoscales this axis (a shared-x sibling setting its scale does)
+    _safe_margins(ax)
     return True
 
 
@@ -720,12 +817,14 @@ def _panel_loss(
     if not any(drawn):
         _no_data(ax, "no loss recorded")
     ax.set_ylabel("loss (probe mean)")
+    _no_offset(ax)
 
 
 def _panel_gradient(ax: Axes, checkpoints: Sequence[Mapping[str, Any]], steps: FloatArray) -> None:
     norm = _series(checkpoints, "grad_norm")
     if (norm > 0).any():
-        ax.set_yscale("log")
+        if _spans_decades(norm, decades=RATIO_LOG_DECADES):
+            ax.set_yscale("log")
         _line(ax, steps, _positive(norm), r"$\|g\|$ (probe gradient)", PALETTE["blue"], lw=1.8)
     else:
         _no_data(ax, "gradient norm not recorded")
@@ -738,6 +837,8 @@ def _panel_step_curvature(
     along = _series(checkpoints, "lr_curvature")
     sharpness = _series(checkpoints, "lr_lambda_max")
     threshold = _series(checkpoints, "stability_threshold")
+    # the scale is set before plotting: setting it afterwards autoscales with default margins
+    _auto_scale(ax, along, sharpness, np.array([2.0]))
     drawn = [
         _line(ax, steps, along, r"lr$\cdot g^\top H g / g^\top g$", PALETTE["blue"], lw=1.8),
         _line(
@@ -745,10 +846,10 @@ def _panel_step_curvature(
         ),
     ]
     if not any(drawn):
+        ax.set_yscale("linear")
         _no_data(ax, "step curvature not recorded")
         ax.set_ylabel("lr × curvature")
         return
-    _auto_scale(ax, along, sharpness, np.array([2.0]))
     ax.axhline(2.0, color=PALETTE["black"], lw=1.0, ls=":", label="2: a gradient step goes uphill")
     known = threshold[np.isfinite(threshold)]
     if known.size and not np.allclose(known, 2.0):
@@ -761,22 +862,22 @@ def _panel_eigenvalues(
 ) -> None:
     lam_min = _series(checkpoints, "lambda_min")
     lam_max = _series(checkpoints, "lambda_max")
-    drawn = [
-        _line(ax, steps, lam_max, r"$\lambda_{\max}$", PALETTE["vermillion"], lw=1.6),
-        _line(ax, steps, lam_min, r"$\lambda_{\min}$", PALETTE["blue"], lw=1.6),
-    ]
-    if not any(drawn):
+    recorded = _finite(lam_min, lam_max)
+    if recorded.size == 0:
         _no_data(ax, "Hessian eigenvalues not recorded")
     else:
-        ax.set_yscale("symlog", linthresh=_linthresh(_finite(lam_min, lam_max)))
+        ax.set_yscale("symlog", linthresh=_linthresh(recorded))
+        _line(ax, steps, lam_max, r"Hessian $\lambda_{\max}$", PALETTE["vermillion"], lw=1.6)
+        _line(ax, steps, lam_min, r"Hessian $\lambda_{\min}$", PALETTE["blue"], lw=1.6)
         ax.axhline(0.0, color=PALETTE["black"], lw=0.8)
-    ax.set_ylabel("Hessian eigenvalue (symlog)")
+    ax.set_ylabel("eigenvalue (symlog)")
 
 
 def _panel_snr(ax: Axes, checkpoints: Sequence[Mapping[str, Any]], steps: FloatArray) -> None:
     snr = _series(checkpoints, "snr")
     if (snr > 0).any():
-        ax.set_yscale("log")
+        if _spans_decades(snr, decades=RATIO_LOG_DECADES):
+            ax.set_yscale("log")
         _line(ax, steps, _positive(snr), "gradient SNR", PALETTE["green"], lw=1.8)
         ax.axhline(1.0, color=_GREY, lw=0.8, ls=":", label="SNR = 1")
     else:
@@ -879,7 +980,7 @@ def plot_spectrum(report: Report, *, max_curves: int = 5) -> Figure | None:
     ax.set_ylim(bottom=peak * 1e-6)
     ax.set_xlabel(r"Hessian eigenvalue $\lambda$")
     ax.set_ylabel("spectral density (log)")
-    _legend(ax)
+    _legend(ax, outside=True)
     _titles(
         fig,
         ax,

@@ -61,7 +61,11 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
     late_n = max(2, math.ceil(n * thresholds.late_fraction)) if n >= 2 else 1
     late = ordered[-late_n:]
     losses = [num(r.get("loss")) for r in ordered]
-    non_finite = [int(r["step"]) for r, j in zip(ordered, losses, strict=True) if not finite(j) or r.get("finite") is False]
+    non_finite = [
+        int(r["step"])
+        for r, j in zip(ordered, losses, strict=True)
+        if not finite(j) or r.get("finite") is False
+    ]
     finite_losses = [j for j in losses if finite(j)]
     first = losses[0] if losses else math.nan
     last = losses[-1] if losses else math.nan
@@ -79,23 +83,27 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
         for a, b in zip(losses, losses[1:], strict=False)
         if finite(a) and finite(b)
     ]
-    return RunFacts(
-        records=ordered,
-        steps=[int(r["step"]) for r in ordered],
-        late=late,
-        losses=losses,
-        first_loss=first,
-        last_loss=last,
-        late_progress=late_progress,
-        plateau=finite(late_progress) and late_progress < thresholds.plateau_rel,
-        non_finite_steps=non_finite,
-        peak_grad=max(finite_grads) if finite_grads else math.nan,
-        last_grad=grads[-1] if grads else math.nan,
-        uphill_rate=(sum(rises) / len(rises)) if rises else math.nan,
-        uphill_pairs=sum(rises),
-        pairs=len(rises),
-        has_validation=any(finite(num(r.get("validation_loss"))) for r in ordered),
-    ) if finite_losses or ordered else _empty(thresholds)
+    return (
+        RunFacts(
+            records=ordered,
+            steps=[int(r["step"]) for r in ordered],
+            late=late,
+            losses=losses,
+            first_loss=first,
+            last_loss=last,
+            late_progress=late_progress,
+            plateau=finite(late_progress) and late_progress < thresholds.plateau_rel,
+            non_finite_steps=non_finite,
+            peak_grad=max(finite_grads) if finite_grads else math.nan,
+            last_grad=grads[-1] if grads else math.nan,
+            uphill_rate=(sum(rises) / len(rises)) if rises else math.nan,
+            uphill_pairs=sum(rises),
+            pairs=len(rises),
+            has_validation=any(finite(num(r.get("validation_loss"))) for r in ordered),
+        )
+        if finite_losses or ordered
+        else _empty(thresholds)
+    )
 
 
 def _empty(thresholds: Thresholds) -> RunFacts:  # pragma: no cover - guarded by callers

@@ -52,7 +52,9 @@ def _ramp(x: float, at: float, full: float) -> float:
     return _clip((x - at) / (full - at))
 
 
-def _late_fraction(facts: RunFacts, key: str, predicate: Callable[[float], bool]) -> tuple[float, list[int]]:
+def _late_fraction(
+    facts: RunFacts, key: str, predicate: Callable[[float], bool]
+) -> tuple[float, list[int]]:
     values = [(int(r["step"]), num(r.get(key))) for r in facts.late]
     known = [(s, v) for s, v in values if finite(v)]
     if not known:
@@ -67,7 +69,11 @@ def _late_fraction(facts: RunFacts, key: str, predicate: Callable[[float], bool]
 def divergence(facts: RunFacts, t: Thresholds) -> Finding:
     f = Finding("divergence")
     finite_losses = [j for j in facts.losses if finite(j)]
-    ratio = max(finite_losses) / facts.first_loss if finite_losses and facts.first_loss > 0 else math.nan
+    ratio = (
+        max(finite_losses) / facts.first_loss
+        if finite_losses and facts.first_loss > 0
+        else math.nan
+    )
     if facts.non_finite_steps:
         first = facts.non_finite_steps[0]
         f.confidence = 1.0
@@ -75,7 +81,10 @@ def divergence(facts: RunFacts, t: Thresholds) -> Finding:
         f.add("loss", f"the probe loss or the weights become non-finite from step {first} on", None)
     elif finite(ratio) and ratio >= t.explosion_ratio:
         f.confidence = _clip(0.5 + 0.5 * math.log10(ratio / t.explosion_ratio))
-        peak = max(range(len(facts.losses)), key=lambda i: facts.losses[i] if finite(facts.losses[i]) else -math.inf)
+        peak = max(
+            range(len(facts.losses)),
+            key=lambda i: facts.losses[i] if finite(facts.losses[i]) else -math.inf,
+        )
         f.steps = [facts.steps[peak]]
         f.add("loss", f"the probe loss reaches {fmt(ratio)}× its first value", ratio)
     else:
@@ -104,9 +113,15 @@ def overfitting(facts: RunFacts, t: Thresholds) -> Finding:
         "decay, dropout), shrink the model, or stop at the validation minimum"
     )
     if not facts.has_validation:
-        f.reason = "the probe has no validation batch, so train/validation divergence cannot be seen"
+        f.reason = (
+            "the probe has no validation batch, so train/validation divergence cannot be seen"
+        )
         return f
-    rows = [r for r in facts.records if finite(num(r.get("validation_loss"))) and finite(num(r.get("loss")))]
+    rows = [
+        r
+        for r in facts.records
+        if finite(num(r.get("validation_loss"))) and finite(num(r.get("loss")))
+    ]
     if len(rows) < 3:
         f.reason = "fewer than three checkpoints have both training and validation loss"
         return f
@@ -118,8 +133,14 @@ def overfitting(facts: RunFacts, t: Thresholds) -> Finding:
     if best < len(val) - 1 and rise >= t.validation_rise and train_fall > 0:
         f.confidence = _clip(0.5 + 0.5 * _ramp(rise, t.validation_rise, 4 * t.validation_rise))
         f.steps = [int(r["step"]) for r in rows[best + 1 :]]
-        f.add("validation", f"validation loss rose {fmt(100 * rise)}% above its minimum at step {rows[best]['step']}", rise)
-        f.add("loss", f"while the training loss fell a further {fmt(100 * train_fall)}%", train_fall)
+        f.add(
+            "validation",
+            f"validation loss rose {fmt(100 * rise)}% above its minimum at step {rows[best]['step']}",
+            rise,
+        )
+        f.add(
+            "loss", f"while the training loss fell a further {fmt(100 * train_fall)}%", train_fall
+        )
     else:
         f.reason = (
             f"the validation loss ends {fmt(100 * max(rise, 0.0))}% above its minimum "
@@ -177,15 +198,36 @@ def saddle_point(facts: RunFacts, t: Thresholds) -> Finding:
         f.confidence = 0.25
         return f
     share = len(saddle_rows) / len(facts.late)
-    ratio = min(abs(num(r["lambda_min"])) / max(abs(num(r["lambda_max"])), abs(num(r["lambda_min"]))) for r in saddle_rows)
+    ratio = min(
+        abs(num(r["lambda_min"])) / max(abs(num(r["lambda_max"])), abs(num(r["lambda_min"])))
+        for r in saddle_rows
+    )
     f.confidence = _clip(0.55 + 0.25 * share + 0.2 * _ramp(ratio, t.negative_curvature_rel, 0.2))
     f.steps = [int(r["step"]) for r in saddle_rows]
-    strongest = min(saddle_rows, key=lambda r: num(r["lambda_min"]) / max(abs(num(r["lambda_max"])), 1e-300))
-    f.add("lanczos", f"λmin = {fmt(num(strongest['lambda_min']))} against λmax = {fmt(num(strongest['lambda_max']))} at step {strongest['step']}", num(strongest["lambda_min"]))
-    f.add("escape", f"stepping along that eigenvector lowers the probe loss by {fmt(-num(strongest['escape_delta']))}", num(strongest["escape_delta"]))
-    f.add("loss", f"the loss is on a plateau: it fell {fmt(100 * facts.late_progress)}% over the late window", facts.late_progress)
+    strongest = min(
+        saddle_rows, key=lambda r: num(r["lambda_min"]) / max(abs(num(r["lambda_max"])), 1e-300)
+    )
+    f.add(
+        "lanczos",
+        f"λmin = {fmt(num(strongest['lambda_min']))} against λmax = {fmt(num(strongest['lambda_max']))} at step {strongest['step']}",
+        num(strongest["lambda_min"]),
+    )
+    f.add(
+        "escape",
+        f"stepping along that eigenvector lowers the probe loss by {fmt(-num(strongest['escape_delta']))}",
+        num(strongest["escape_delta"]),
+    )
+    f.add(
+        "loss",
+        f"the loss is on a plateau: it fell {fmt(100 * facts.late_progress)}% over the late window",
+        facts.late_progress,
+    )
     if finite(facts.last_grad):
-        f.add("gradient", f"‖g‖ = {fmt(facts.last_grad)} at the last checkpoint (peak {fmt(facts.peak_grad)})", facts.last_grad)
+        f.add(
+            "gradient",
+            f"‖g‖ = {fmt(facts.last_grad)} at the last checkpoint (peak {fmt(facts.peak_grad)})",
+            facts.last_grad,
+        )
     return f
 
 
@@ -211,12 +253,28 @@ def local_minimum(facts: RunFacts, t: Thresholds, target_loss: float | None) -> 
         f.reason = f"the minimum's loss {fmt(facts.last_loss)} meets the target {fmt(target_loss)}"
         return f
     gap = (facts.last_loss - target_loss) / max(abs(target_loss), abs(facts.last_loss), 1e-12)
-    grad_small = finite(facts.last_grad) and finite(facts.peak_grad) and facts.last_grad <= t.small_gradient_rel * facts.peak_grad
+    grad_small = (
+        finite(facts.last_grad)
+        and finite(facts.peak_grad)
+        and facts.last_grad <= t.small_gradient_rel * facts.peak_grad
+    )
     f.confidence = _clip(0.6 + 0.2 * (1.0 if grad_small else 0.0) + 0.2 * _ramp(gap, 0.0, 0.5))
     f.steps = [int(r["step"]) for r in facts.late]
-    f.add("loss", f"the loss plateaued at {fmt(facts.last_loss)}, above the target {fmt(target_loss)}", facts.last_loss)
-    f.add("lanczos", f"λmin = {fmt(lmin)} against λmax = {fmt(lmax)}: no significant negative curvature", lmin)
-    f.add("gradient", f"‖g‖ = {fmt(facts.last_grad)}, {fmt(facts.last_grad / facts.peak_grad if facts.peak_grad else math.nan)} of its peak", facts.last_grad)
+    f.add(
+        "loss",
+        f"the loss plateaued at {fmt(facts.last_loss)}, above the target {fmt(target_loss)}",
+        facts.last_loss,
+    )
+    f.add(
+        "lanczos",
+        f"λmin = {fmt(lmin)} against λmax = {fmt(lmax)}: no significant negative curvature",
+        lmin,
+    )
+    f.add(
+        "gradient",
+        f"‖g‖ = {fmt(facts.last_grad)}, {fmt(facts.last_grad / facts.peak_grad if facts.peak_grad else math.nan)} of its peak",
+        facts.last_grad,
+    )
     return f
 
 
@@ -225,7 +283,10 @@ def local_minimum(facts: RunFacts, t: Thresholds, target_loss: float | None) -> 
 
 def _stability_ratio(r: dict[str, Any]) -> float:
     """lr·λmax over its threshold, using the preconditioned sharpness for adaptive optimizers."""
-    pre, pre_thr = num(r.get("preconditioned_lr_lambda_max")), num(r.get("preconditioned_threshold"))
+    pre, pre_thr = (
+        num(r.get("preconditioned_lr_lambda_max")),
+        num(r.get("preconditioned_threshold")),
+    )
     if finite(pre) and finite(pre_thr) and pre_thr > 0:
         return pre / pre_thr
     lr_l, thr = num(r.get("lr_lambda_max")), num(r.get("stability_threshold"))
@@ -235,14 +296,22 @@ def _stability_ratio(r: dict[str, Any]) -> float:
 def poor_conditioning(facts: RunFacts, t: Thresholds) -> Finding:
     f = Finding("poor_conditioning")
     ratios = [_stability_ratio(r) for r in facts.late]
-    at_edge = [int(r["step"]) for r, q in zip(facts.late, ratios, strict=True) if finite(q) and q >= t.edge_of_stability]
+    at_edge = [
+        int(r["step"])
+        for r, q in zip(facts.late, ratios, strict=True)
+        if finite(q) and q >= t.edge_of_stability
+    ]
     full_up, full_steps = _late_fraction(facts, "full_step_uphill", lambda v: v >= 0.5)
     worst = max((q for q in ratios if finite(q)), default=math.nan)
     last = facts.late[-1]
     lr_l = num(last.get("preconditioned_lr_lambda_max"))
     label = "lr·λmax(P⁻¹H)" if finite(lr_l) else "lr·λmax"
     lr_l = lr_l if finite(lr_l) else num(last.get("lr_lambda_max"))
-    thr = num(last.get("preconditioned_threshold")) if finite(num(last.get("preconditioned_threshold"))) else num(last.get("stability_threshold"))
+    thr = (
+        num(last.get("preconditioned_threshold"))
+        if finite(num(last.get("preconditioned_threshold")))
+        else num(last.get("stability_threshold"))
+    )
     f.suggestion = (
         f"{label} = {fmt(lr_l)} against its stability limit {fmt(thr)} — lower the learning rate, add "
         "warm-up, or improve conditioning (normalise inputs and layers, use a preconditioner)"
@@ -272,18 +341,32 @@ def poor_conditioning(facts: RunFacts, t: Thresholds) -> Finding:
     f.steps = sorted(set(at_edge) | set(full_steps))
     f.add("lanczos", f"{label} = {fmt(lr_l)} against the stability threshold {fmt(thr)}", lr_l)
     if finite(full_up):
-        f.add("steps", f"the optimizer's full-batch step goes uphill at {fmt(100 * full_up)}% of the late checkpoints", full_up)
+        f.add(
+            "steps",
+            f"the optimizer's full-batch step goes uphill at {fmt(100 * full_up)}% of the late checkpoints",
+            full_up,
+        )
     if finite(facts.uphill_rate):
-        f.add("uphill_step_rate", f"the probe loss rose between {facts.uphill_pairs} of {facts.pairs} consecutive checkpoints", facts.uphill_rate)
+        f.add(
+            "uphill_step_rate",
+            f"the probe loss rose between {facts.uphill_pairs} of {facts.pairs} consecutive checkpoints",
+            facts.uphill_rate,
+        )
     cv = num(last.get("_curvature_cv"))
     if finite(cv):
-        f.add("curvature", f"gᵀHg/gᵀg varies with a coefficient of variation of {fmt(cv)} over the run", cv)
+        f.add(
+            "curvature",
+            f"gᵀHg/gᵀg varies with a coefficient of variation of {fmt(cv)} over the run",
+            cv,
+        )
     return f
 
 
 def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) -> Finding:
     f = Finding("gradient_noise")
-    mini, mini_steps = _late_fraction(facts, "uphill_fraction_minibatch", lambda v: v >= t.minibatch_uphill_fraction)
+    mini, mini_steps = _late_fraction(
+        facts, "uphill_fraction_minibatch", lambda v: v >= t.minibatch_uphill_fraction
+    )
     mean_mini = _mean(facts, "uphill_fraction_minibatch")
     full_up = _mean(facts, "full_step_uphill")
     snr = _median(facts, "snr")
@@ -315,16 +398,28 @@ def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) ->
         f.confidence = 0.3
         return f
     noisy = finite(snr) and snr < t.snr_noisy
-    f.confidence = _clip(0.55 + 0.25 * _ramp(mean_mini, t.minibatch_uphill_fraction, 0.5) + 0.2 * (1.0 if noisy else 0.0))
+    f.confidence = _clip(
+        0.55
+        + 0.25 * _ramp(mean_mini, t.minibatch_uphill_fraction, 0.5)
+        + 0.2 * (1.0 if noisy else 0.0)
+    )
     f.steps = mini_steps
-    f.add("steps", f"{fmt(100 * mean_mini)}% of simulated minibatch steps go uphill on the full probe loss", mean_mini)
+    f.add(
+        "steps",
+        f"{fmt(100 * mean_mini)}% of simulated minibatch steps go uphill on the full probe loss",
+        mean_mini,
+    )
     f.add("steps", "while the full-batch step goes downhill", full_up)
     if finite(snr):
         f.add("noise", f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)}", snr)
     scale = _median(facts, "noise_scale")
     if finite(scale):
         f.add("noise", f"noise scale B_simple = {fmt(scale)} examples", scale)
-    f.add("loss", f"the loss is on a plateau ({fmt(100 * facts.late_progress)}% over the late window)", facts.late_progress)
+    f.add(
+        "loss",
+        f"the loss is on a plateau ({fmt(100 * facts.late_progress)}% over the late window)",
+        facts.late_progress,
+    )
     return f
 
 
@@ -368,8 +463,16 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
         return f
     f.confidence = _clip(0.5 + 0.25 * (1.0 if outward else 0.0) + 0.25 * (1.0 if fading else 0.0))
     f.steps = [int(r["step"]) for r in facts.late]
-    f.add("gradient", f"‖θ‖ grew {fmt(100 * growth)}% over the second half of the run, steadily", growth)
-    f.add("loss", f"while the loss keeps creeping down ({fmt(100 * facts.late_progress)}% over the late window) toward {fmt(facts.last_loss)}", facts.last_loss)
+    f.add(
+        "gradient",
+        f"‖θ‖ grew {fmt(100 * growth)}% over the second half of the run, steadily",
+        growth,
+    )
+    f.add(
+        "loss",
+        f"while the loss keeps creeping down ({fmt(100 * facts.late_progress)}% over the late window) toward {fmt(facts.last_loss)}",
+        facts.last_loss,
+    )
     if finite(cos):
         f.add("gradient", f"cos(−g, θ) = {fmt(-cos)}: descent pushes the weights outward", -cos)
     if finite(fade):

@@ -32,7 +32,10 @@ PRIORITY = (
 
 
 def judge(
-    records: list[Record], *, target_loss: float | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS
+    records: list[Record],
+    *,
+    target_loss: float | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> dict[str, Any]:
     """The verdict for a run from its per-checkpoint records."""
     if not records:
@@ -51,14 +54,20 @@ def judge(
         # After a blow-up the later records measure garbage: judge nothing else on them.
         for kind, finding in findings.items():
             if kind != "divergence" and finding.confidence >= thresholds.present:
-                finding.reason = "not assessed: the run diverged, so its later numbers are not meaningful"
+                finding.reason = (
+                    "not assessed: the run diverged, so its later numbers are not meaningful"
+                )
                 finding.confidence = 0.0
     present = sorted(
         (f for f in findings.values() if f.confidence >= thresholds.present),
         key=lambda f: (-round(f.confidence, 6), PRIORITY.index(f.kind)),
     )
     ruled_out = [
-        {"kind": f.kind, "reason": f.reason or "no supporting evidence", "confidence": round(f.confidence, 3)}
+        {
+            "kind": f.kind,
+            "reason": f.reason or "no supporting evidence",
+            "confidence": round(f.confidence, 3),
+        }
         for kind in PRIORITY
         if (f := findings[kind]).confidence < thresholds.present
     ]

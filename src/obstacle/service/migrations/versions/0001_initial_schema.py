@@ -95,6 +95,7 @@ def upgrade() -> None:
         sa.Column("lr", sa.Float(), nullable=False),
         sa.Column("train_loss", sa.Float(), nullable=True),
         sa.Column("nonfinite", sa.JSON(), nullable=False),
+        sa.Column("optimizer_class", sa.String(length=200), nullable=True),
         sa.Column("optimizer_sha256", sa.String(length=64), nullable=True),
         sa.Column("optimizer_size_bytes", sa.BigInteger(), nullable=True),
         sa.Column("optimizer_store_key", sa.String(length=500), nullable=True),

@@ -1,0 +1,337 @@
+"""`obstacle upload`, `status`, `report` and `gate`: the service (or, for the gate, the battery
+in-process) from the command line.
+
+Nothing heavy is imported here at module level (no torch, no fastapi): each command imports what
+it needs in its body, so ``obstacle --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from obstacle.client._gate import (
+    EXIT_UNAVAILABLE,
+    OBSTACLE_LABELS,
+    evaluate,
+    format_outcome,
+    junit_error_xml,
+    junit_xml,
+    markdown_error,
+    markdown_summary,
+    parse_labels,
+)
+from obstacle.errors import ObstacleError
+
+if TYPE_CHECKING:
+    from obstacle.client._client import Client
+
+__all__ = ["register"]
+
+DEFAULT_WAIT_S = 3600.0
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="OBSTACLE_URL",
+        help="The service, e.g. http://localhost:8000 [env: OBSTACLE_URL].",
+        show_envvar=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="OBSTACLE_TOKEN",
+        help="A project token from `obstacle token create` [env: OBSTACLE_TOKEN].",
+        show_envvar=False,
+    ),
+]
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show progress bars on stderr [default: only when stderr is a terminal].",
+        show_default=False,
+    ),
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the analysis.", min=1.0)
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client's commands to the `obstacle` CLI."""
+    app.command("upload")(upload_command)
+    app.command("status")(status_command)
+    app.command("report")(report_command)
+    app.command("gate")(gate_command)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_UNAVAILABLE)
+
+
+def _client(url: str | None, token: str | None) -> Client:
+    from obstacle.client._client import Client
+
+    if not url:
+        raise _fail("no service URL: pass --url http://HOST:PORT or set OBSTACLE_URL.")
+    if not token:
+        raise _fail(
+            "no token: pass --token or set OBSTACLE_TOKEN (an operator creates one with "
+            "`obstacle token create --project NAME`)."
+        )
+    try:
+        return Client(url, token)
+    except ObstacleError as exc:
+        raise _fail(str(exc)) from None
+
+
+def upload_command(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory written by Probe.save and save_checkpoint.", show_default=False
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="The run's name [default: the directory's name].")
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option("--run", help="Upload into this existing run id.")
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Upload RUN_DIR's probe and checkpoints. Resumes: checkpoints already on the service with
+    the same SHA-256 are skipped, so running it again after an interruption sends only the rest.
+
+    Prints the run id. Exit status 0 on success, 2 when the upload could not be done.
+    """
+    from obstacle.client._upload import upload_run_dir
+
+    with _client(url, token) as client:
+        try:
+            result = upload_run_dir(client, run_dir, name=name, run_id=run, progress=progress)
+        except ObstacleError as exc:
+            raise _fail(str(exc)) from None
+    typer.echo(
+        f"run {result.run.id} ({result.run.name}): uploaded {len(result.uploaded)} checkpoint(s), "
+        f"skipped {len(result.skipped)} already there; probe "
+        f"{'uploaded' if result.probe_uploaded else 'already there'}."
+    )
+
+
+def status_command(
+    analysis_id: Annotated[str, typer.Argument(help="The analysis id.", show_default=False)],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Print an analysis's state and progress (checkpoints done / total) and any errors."""
+    with _client(url, token) as client:
+        try:
+            status = client.get_analysis(analysis_id)
+        except ObstacleError as exc:
+            raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "id": status.id,
+                    "run_id": status.run_id,
+                    "state": status.state,
+                    "done": status.progress.done,
+                    "total": status.progress.total,
+                    "failed": status.progress.failed,
+                    "errors": [{"step": s, "message": m} for s, m in status.errors],
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"analysis {status.id} of run {status.run_id}: {status.state}, "
+        f"{status.progress.done}/{status.progress.total} checkpoints "
+        f"({status.progress.failed} failed)"
+    )
+    for step, message in status.errors:
+        typer.echo(f"  step {step}: {message}" if step is not None else f"  {message}")
+
+
+def report_command(
+    analysis_id: Annotated[str, typer.Argument(help="The analysis id.", show_default=False)],
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write the HTML report to this file.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the JSON report to this file.")
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Print a finished analysis's verdict and evidence; save its HTML and JSON reports.
+
+    Exit status 2 when the analysis has not succeeded (yet) or the service cannot be reached.
+    """
+    from obstacle.battery.commands import format_summary
+
+    with _client(url, token) as client:
+        try:
+            result = client.result(client.get_analysis(analysis_id))
+            if html is not None:
+                typer.echo(f"HTML report: {result.save_html(html)}")
+        except ObstacleError as exc:
+            raise _fail(str(exc)) from None
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.report_json, indent=2), encoding="utf-8")
+        typer.echo(f"JSON report: {json_out}")
+    typer.echo(format_summary(result.report_json))
+
+
+def gate_command(
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A run directory to upload (or, with --local, analyse here).", show_default=False
+        ),
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="Analyse this run already on the service instead of RUN_DIR."),
+    ] = None,
+    fail_on: Annotated[
+        str,
+        typer.Option(help="Comma-separated obstacles that fail the gate."),
+    ] = ",".join(OBSTACLE_LABELS),
+    min_confidence: Annotated[
+        float,
+        typer.Option(help="Fail on a listed obstacle at or above this confidence.", min=0, max=1),
+    ] = 0.5,
+    target_loss: Annotated[
+        float | None,
+        typer.Option(help="The loss the run must reach: a minimum above it is a local minimum."),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="Cost preset of the battery: quick, standard or full.")
+    ] = "standard",
+    junit_xml_path: Annotated[
+        Path | None,
+        typer.Option("--junit-xml", help="Write a JUnit XML file: one test case per obstacle."),
+    ] = None,
+    markdown: Annotated[
+        Path | None,
+        typer.Option("--markdown", help="Write a Markdown summary (e.g. to $GITHUB_STEP_SUMMARY)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full JSON report here.")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Analyse in this process; no service needed.")
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    timeout: TimeoutOption = DEFAULT_WAIT_S,
+    progress: ProgressOption = None,
+) -> None:
+    """Fail a CI job when a training run is stuck.
+
+    Analyses RUN_DIR (uploading it first, or in-process with --local) or the service's run --run
+    ID, and exits 0 when no --fail-on obstacle is present at or above --min-confidence, 1 when
+    one is (printed with its evidence), and 2 when the analysis could not be done (bad input,
+    service unreachable).
+    """
+    try:
+        labels = parse_labels(fail_on)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if preset not in ("quick", "standard", "full"):
+        raise _fail(f"--preset must be quick, standard or full; got {preset!r}.")
+    name = run or (run_dir.name if run_dir is not None else "run")
+    try:
+        report = _gate_report(
+            run_dir,
+            run_id=run,
+            local=local,
+            url=url,
+            token=token,
+            preset=preset,
+            target_loss=target_loss,
+            timeout=timeout,
+            progress=progress,
+        )
+    except (ObstacleError, _Usage) as exc:
+        message = str(exc)
+        if junit_xml_path is not None:
+            junit_error_xml(name, message, junit_xml_path)
+        if markdown is not None:
+            _append(markdown, markdown_error(name, message))
+        raise _fail(message) from None
+    outcome = evaluate(report, fail_on=labels, min_confidence=min_confidence)
+    typer.echo(format_outcome(outcome))
+    if junit_xml_path is not None:
+        junit_xml(outcome, junit_xml_path)
+    if markdown is not None:
+        _append(markdown, markdown_summary(outcome))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    raise typer.Exit(outcome.exit_code)
+
+
+class _Usage(Exception):
+    """Arguments that cannot go together; reported like a failed analysis (exit 2)."""
+
+
+def _gate_report(
+    run_dir: Path | None,
+    *,
+    run_id: str | None,
+    local: bool,
+    url: str | None,
+    token: str | None,
+    preset: str,
+    target_loss: float | None,
+    timeout: float,
+    progress: bool | None,
+) -> dict[str, Any]:
+    if (run_dir is None) == (run_id is None):
+        raise _Usage("give exactly one of RUN_DIR and --run ID.")
+    if local:
+        if run_dir is None:
+            raise _Usage("--local analyses a RUN_DIR in-process; it cannot take --run.")
+        from obstacle.battery.commands import run_analysis
+
+        return run_analysis(
+            run_dir,
+            target_loss=target_loss,
+            preset=preset,
+            device="cpu",
+            dtype="float64",
+            thresholds={},
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    with _client(url, token) as client:
+        if run_dir is not None:
+            from obstacle.client._upload import upload_run_dir
+
+            run_id = upload_run_dir(client, run_dir, progress=progress).run.id
+        assert run_id is not None
+        status = client.start_analysis(run_id, preset=preset, target_loss=target_loss)
+        result = client.wait_analysis(status.id, timeout=timeout, progress=progress)
+        return result.report_json
+
+
+def _append(path: Path, text: str) -> None:
+    # $GITHUB_STEP_SUMMARY is shared by the job's steps: append, never overwrite.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)

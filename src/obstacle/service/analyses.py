@@ -1,0 +1,161 @@
+"""Analyses on the service side: create and queue one, and read its state and progress."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from obstacle.service.db import SessionFactory, session_scope
+from obstacle.service.ingest import no_probe
+from obstacle.service.models import (
+    Analysis,
+    AnalysisState,
+    Checkpoint,
+    CheckpointResult,
+    Probe,
+    utcnow,
+)
+from obstacle.service.problems import ProblemError
+from obstacle.service.queue import TaskQueue
+from obstacle.service.schemas import AnalysisCreate, AnalysisPublic, CheckpointErrorPublic, Progress
+
+__all__ = ["create_analysis", "public_analysis"]
+
+
+def create_analysis(
+    sessions: SessionFactory, queue: TaskQueue, run_id: uuid.UUID, body: AnalysisCreate
+) -> Analysis:
+    """Record the analysis of the run's checkpoints (or ``options.steps``) and queue its tasks."""
+    with session_scope(sessions) as session:
+        if session.get(Probe, run_id) is None:
+            raise no_probe(run_id)
+        checkpoints = {
+            c.step: c
+            for c in session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id))
+        }
+        steps = sorted(set(body.options.steps)) if body.options.steps else sorted(checkpoints)
+        if not steps:
+            raise ProblemError(
+                409,
+                f"Run {run_id} has no checkpoints to analyse. Upload some with "
+                f"PUT /v1/runs/{run_id}/checkpoints/{{step}} first.",
+                slug="no-checkpoints",
+                title="The run has no checkpoints",
+            )
+        unknown = [s for s in steps if s not in checkpoints]
+        if unknown:
+            raise ProblemError(
+                422,
+                f"options.steps names steps {unknown} that run {run_id} has no checkpoint for; "
+                f"it has {sorted(checkpoints)[:20]}{'…' if len(checkpoints) > 20 else ''}.",
+                slug="invalid-request",
+                title="The request is invalid",
+            )
+        lacking = [
+            s
+            for s in steps
+            if checkpoints[s].optimizer_class and not checkpoints[s].optimizer_sha256
+        ]
+        if lacking:
+            raise ProblemError(
+                409,
+                f"The checkpoints at steps {lacking} name an optimizer whose state was not uploaded; the "
+                f"battery needs it to take the optimizer's real step. Upload it with "
+                f"PUT /v1/runs/{run_id}/checkpoints/{{step}}/optimizer.",
+                slug="optimizer-state-missing",
+                title="Optimizer state is missing",
+            )
+        analysis = Analysis(
+            run_id=run_id,
+            preset=body.preset,
+            target_loss=body.target_loss,
+            options=body.options.model_dump(mode="json", exclude_none=True),
+            steps=steps,
+        )
+        session.add(analysis)
+    try:
+        queue.enqueue_analysis(analysis.id, steps)
+    except Exception as exc:
+        reason = (
+            f"the broker could not be reached to queue the analysis ({type(exc).__name__}: {exc})"
+        )
+        _fail(sessions, analysis.id, reason)
+        raise ProblemError(
+            503,
+            f"The analysis could not be queued: {reason}. Retry later; the operator should check "
+            "OBSTACLE_BROKER_URL and GET /healthz.",
+            slug="broker-unavailable",
+            title="The task broker is unavailable",
+        ) from exc
+    return analysis
+
+
+def _fail(sessions: SessionFactory, analysis_id: uuid.UUID, reason: str) -> None:
+    with session_scope(sessions) as session:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id == analysis_id, Analysis.state.not_in(AnalysisState.TERMINAL))
+            .values(
+                state=AnalysisState.FAILED, error=reason, updated_at=utcnow(), finished_at=utcnow()
+            )
+        )
+
+
+def public_analysis(
+    session: Session, analysis: Analysis, *, stall_timeout_s: int
+) -> AnalysisPublic:
+    """The analysis as the API shows it; one that made no progress for too long is marked failed."""
+    if analysis.state not in AnalysisState.TERMINAL and utcnow() - analysis.updated_at > timedelta(
+        seconds=stall_timeout_s
+    ):
+        reason = (
+            f"no worker made progress on this analysis for {stall_timeout_s} s "
+            "(OBSTACLE_ANALYSIS_STALL_TIMEOUT_S); is a worker running (`obstacle worker`)? "
+            "Start the analysis again."
+        )
+        done = session.execute(
+            update(Analysis)
+            .where(Analysis.id == analysis.id, Analysis.updated_at == analysis.updated_at)
+            .values(
+                state=AnalysisState.FAILED, error=reason, updated_at=utcnow(), finished_at=utcnow()
+            )
+        )
+        session.commit()
+        if getattr(done, "rowcount", 0):
+            session.refresh(analysis)
+    results = session.execute(
+        select(CheckpointResult.step, CheckpointResult.state, CheckpointResult.error)
+        .where(CheckpointResult.analysis_id == analysis.id)
+        .order_by(CheckpointResult.step)
+    ).all()
+    errors = [
+        CheckpointErrorPublic(step=r.step, message=r.error or "")
+        for r in results
+        if r.state == "error"
+    ]
+    if analysis.error:
+        errors.append(CheckpointErrorPublic(step=None, message=analysis.error))
+    progress = Progress(
+        done=sum(r.state in ("done", "error") for r in results),
+        total=len(analysis.steps),
+        running=sum(r.state == "running" for r in results),
+        failed=sum(r.state == "error" for r in results),
+    )
+    return AnalysisPublic(
+        id=analysis.id,
+        run_id=analysis.run_id,
+        state=analysis.state,  # type: ignore[arg-type]
+        preset=analysis.preset,  # type: ignore[arg-type]
+        target_loss=analysis.target_loss,
+        steps=analysis.steps,
+        progress=progress,
+        errors=errors,
+        report=analysis.report if analysis.state == AnalysisState.SUCCEEDED else None,
+        report_files=analysis.report_files,
+        created_at=analysis.created_at,
+        updated_at=analysis.updated_at,
+        finished_at=analysis.finished_at,
+    )

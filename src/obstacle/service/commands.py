@@ -1,0 +1,222 @@
+"""The service's commands: ``obstacle serve``, ``obstacle worker``, ``obstacle token create``.
+
+fastapi, uvicorn, celery and torch are imported inside the commands, so ``obstacle --help`` is
+fast and this module loads in every install.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+__all__ = ["register", "serve", "token_create", "worker"]
+
+S = TypeVar("S")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve``, ``worker`` and ``token`` to the ``obstacle`` command line."""
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    tokens = typer.Typer(
+        help="Manage API tokens; works on the database directly (OBSTACLE_DATABASE_URL).",
+        no_args_is_help=True,
+    )
+    tokens.command("create")(token_create)
+    app.add_typer(tokens, name="token")
+
+
+def _load(cls: type[S]) -> S:
+    """Settings from the environment, or a message naming each bad variable and exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = "_".join(str(p) for p in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"  OBSTACLE_{where}: {message}" if where else f"  {message}")
+        typer.echo("obstacle: the configuration is invalid:\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2) from None
+
+
+def serve(
+    api_only: Annotated[
+        bool,
+        typer.Option(
+            "--api-only",
+            help="Run only the HTTP API; the broker (OBSTACLE_BROKER_URL) and `obstacle worker` run elsewhere.",
+        ),
+    ] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on (default: OBSTACLE_HOST, else 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: OBSTACLE_PORT, else 8000); 0 picks a free one.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes of the embedded worker.", min=1)] = 1,
+    migrate: Annotated[
+        bool, typer.Option(help="Bring the database schema up to date before starting.")
+    ] = True,
+) -> None:
+    """Run the service. With no configuration: the API, one worker, an embedded Redis, SQLite and a
+    local data directory (./obstacle-data), started and stopped together.
+
+    Configure it with OBSTACLE_* environment variables: OBSTACLE_DATABASE_URL (e.g.
+    postgresql+psycopg://…), OBSTACLE_BROKER_URL (redis://…), OBSTACLE_ARTIFACT_URL (any fsspec URL,
+    e.g. s3://bucket/prefix), OBSTACLE_DATA_DIR, OBSTACLE_MAX_CHECKPOINT_BYTES, OBSTACLE_MAX_PROBE_BYTES,
+    OBSTACLE_VISIBILITY_TIMEOUT_S.
+    """
+    import uvicorn
+
+    from obstacle.service.app import create_app
+    from obstacle.service.db import create_db_engine
+    from obstacle.service.db import migrate as migrate_schema
+    from obstacle.service.embedded import EmbeddedRedis
+    from obstacle.service.settings import ConfigurationError, Settings
+
+    settings = _load(Settings)
+    overrides: dict[str, object] = {
+        k: v for k, v in (("host", host), ("port", port)) if v is not None
+    }
+    redis_server: EmbeddedRedis | None = None
+    worker_process: subprocess.Popen[bytes] | None = None
+    try:
+        if settings.broker_url is None:
+            if api_only:
+                settings.require_broker_url()
+            redis_server = EmbeddedRedis(settings.data_dir / "redis")
+            overrides["broker_url"] = redis_server.start()
+        settings = settings.model_copy(update=overrides)
+        if migrate:
+            engine = create_db_engine(settings.resolved_database_url)
+            migrate_schema(engine)
+            engine.dispose()
+        if not api_only:
+            worker_process = _start_worker(settings, processes=workers)
+        listener = socket.create_server((settings.host, settings.port))
+        bound = listener.getsockname()[1]
+        parts = [f"obstacle: API listening on http://{settings.host}:{bound} (OpenAPI at /docs)"]
+        if worker_process is not None:
+            parts.append(f"worker pid {worker_process.pid}")
+        parts.append(f"broker {settings.broker_url}{' (embedded)' if redis_server else ''}")
+        parts.append(f"database {_redact(settings.resolved_database_url)}")
+        parts.append(f"artifacts {settings.resolved_artifact_url}")
+        typer.echo("; ".join(parts), err=False)
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info"))
+        server.run(sockets=[listener])
+    except ConfigurationError as exc:
+        typer.echo(f"obstacle: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        if worker_process is not None:
+            _stop(worker_process)
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _start_worker(settings: object, *, processes: int) -> subprocess.Popen[bytes]:
+    from obstacle.service.settings import CommonSettings
+
+    assert isinstance(settings, CommonSettings)
+    env = {
+        **os.environ,
+        "OBSTACLE_DATA_DIR": str(Path(settings.data_dir).resolve()),
+        "OBSTACLE_DATABASE_URL": settings.resolved_database_url,
+        "OBSTACLE_BROKER_URL": settings.require_broker_url(),
+        "OBSTACLE_ARTIFACT_URL": settings.resolved_artifact_url,
+    }
+    command = [sys.executable, "-m", "obstacle.workers", "--concurrency", str(processes)]
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            help="Pool processes on CPU (default: one per core). With GPUs: one process per GPU.",
+        ),
+    ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="Celery pool: prefork (default; enforces time limits) or solo (one process)."
+        ),
+    ] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a worker: it takes analysis tasks from the broker and runs the battery on them.
+
+    CUDA when present (one process per GPU), else CPU with one torch thread per process. Needs
+    OBSTACLE_BROKER_URL, OBSTACLE_DATABASE_URL and OBSTACLE_ARTIFACT_URL shared with the API.
+    """
+    from obstacle.errors import DeviceError
+    from obstacle.service.settings import ConfigurationError
+    from obstacle.workers.launch import run_worker
+    from obstacle.workers.settings import WorkerSettings
+
+    if pool not in ("prefork", "solo"):
+        raise typer.BadParameter(f"--pool must be prefork or solo; got {pool!r}.")
+    settings = _load(WorkerSettings)
+    try:
+        code = run_worker(settings, concurrency=concurrency, pool=pool, loglevel=loglevel)
+    except (ConfigurationError, DeviceError) as exc:
+        typer.echo(f"obstacle: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def token_create(
+    project: Annotated[str, typer.Option(help="The project the token may act on; created if new.")],
+    label: Annotated[
+        str, typer.Option(help="A note to remember the token by (who or what uses it).")
+    ] = "",
+) -> None:
+    """Create an API token for a project and print it (it is shown only once; only its hash is kept)."""
+    from obstacle.service.auth import create_token
+    from obstacle.service.db import create_db_engine, migrate, session_factory, session_scope
+    from obstacle.service.settings import CommonSettings
+
+    if not project.strip() or len(project) > 200:
+        raise typer.BadParameter("--project must be a non-empty name of at most 200 characters.")
+    settings = _load(CommonSettings)
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        migrate(engine)
+        with session_scope(session_factory(engine)) as session:
+            token = create_token(session, project=project.strip(), label=label)
+    finally:
+        engine.dispose()
+    typer.echo(token)
+    typer.echo(
+        f"Token for project {project.strip()!r}: send it as 'Authorization: Bearer <token>'. "
+        "It is shown only now; store it as a secret.",
+        err=True,
+    )

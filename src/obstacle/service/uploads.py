@@ -1,0 +1,109 @@
+"""Receive an upload body: streamed to a temporary file while it is hashed and counted.
+
+The body is never held whole in memory. The size limit is enforced while reading (and up front
+from Content-Length), and the SHA-256 the client sent in ``X-Content-SHA256`` is checked against
+the bytes that arrived, so a body cut or changed on the way is refused before any validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from obstacle.service.problems import ProblemError
+
+__all__ = ["SHA256_HEADER", "ReceivedUpload", "receive_upload"]
+
+SHA256_HEADER = "X-Content-SHA256"
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class ReceivedUpload:
+    path: Path
+    sha256: str
+    size: int
+
+
+def parse_sha256(value: str | None) -> str:
+    if value is None:
+        raise ProblemError(
+            400,
+            f"Send the SHA-256 of the body, as 64 hex digits, in the {SHA256_HEADER} header; the "
+            "service checks the bytes it received against it.",
+            slug="missing-checksum",
+            title="The upload has no checksum",
+        )
+    if not _HEX64.match(value.strip()):
+        raise ProblemError(
+            400,
+            f"The {SHA256_HEADER} header must be 64 hex digits (a SHA-256); got {value[:80]!r}.",
+            slug="missing-checksum",
+            title="The upload checksum is malformed",
+        )
+    return value.strip().lower()
+
+
+def _too_large(what: str, limit: int, received: str) -> ProblemError:
+    return ProblemError(
+        413,
+        f"The {what} is {received}; this service accepts at most {limit} bytes "
+        f"(OBSTACLE_MAX_{'PROBE' if what == 'probe bundle' else 'CHECKPOINT'}_BYTES). Send a smaller "
+        "file or ask the operator to raise the limit.",
+        slug="too-large",
+        title="The upload is too large",
+    )
+
+
+async def receive_upload(
+    chunks: AsyncIterator[bytes],
+    *,
+    what: str,
+    limit: int,
+    declared_sha256: str | None,
+    content_length: str | None,
+    tmp_dir: Path,
+) -> ReceivedUpload:
+    """Spool ``chunks`` into a file under ``tmp_dir``; the caller deletes ``.path``."""
+    expected = parse_sha256(declared_sha256)
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise _too_large(what, limit, f"{content_length} bytes")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
+    path = Path(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(what, limit, f"more than {limit} bytes")
+                digest.update(chunk)
+                handle.write(chunk)
+        if size == 0:
+            raise ProblemError(
+                422,
+                f"The request body is empty; send the {what} bytes as the body.",
+                slug="empty-upload",
+                title="The upload is empty",
+            )
+        received = digest.hexdigest()
+        if received != expected:
+            raise ProblemError(
+                422,
+                f"The {size} bytes received hash to SHA-256 {received}, but {SHA256_HEADER} says "
+                f"{expected}: the body was cut or changed on the way, or the header was computed over "
+                "other bytes. Send the file again.",
+                slug="checksum-mismatch",
+                title="The upload does not match its checksum",
+            )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return ReceivedUpload(path=path, sha256=received, size=size)

@@ -1,0 +1,9 @@
+"""``python -m obstacle.workers``: the same as ``obstacle worker``."""
+
+from __future__ import annotations
+
+import typer
+
+from obstacle.service.commands import worker
+
+typer.run(worker)

@@ -1,0 +1,58 @@
+"""The Celery application: Redis broker, late acknowledgement, short visibility timeout.
+
+Importable without torch (the service uses it to send tasks by name). Results live in the
+database, so there is no result backend.
+
+With Redis, a task whose worker died (SIGKILL, lost host) is handed out again only once the
+broker's visibility timeout has passed, so that timeout is minutes here (``OBSTACLE_VISIBILITY_
+TIMEOUT_S``), the tasks are bounded well inside it, and the sweep that puts such tasks back runs
+every few seconds rather than kombu's default of every ~100 s.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from obstacle.service.settings import CommonSettings
+
+__all__ = ["ANALYZE_CHECKPOINT", "FINALIZE_ANALYSIS", "QUEUE", "create_celery", "transport_options"]
+
+ANALYZE_CHECKPOINT = "obstacle.analyze_checkpoint"
+FINALIZE_ANALYSIS = "obstacle.finalize_analysis"
+QUEUE = "obstacle"
+
+
+def transport_options(settings: CommonSettings) -> dict[str, object]:
+    timeout = settings.visibility_timeout_s
+    return {
+        "visibility_timeout": timeout,
+        # Sweep for abandoned tasks often enough that one comes back soon after its timeout.
+        "unacked_restore_interval": max(1, min(10, timeout // 4)),
+        "unacked_restore_throttle": 1,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+    }
+
+
+def create_celery(settings: CommonSettings, *, include: list[str] | None = None) -> Celery:
+    """A Celery app configured from ``settings`` (which must name the broker)."""
+    app = Celery(
+        "obstacle", broker=settings.require_broker_url(), include=include, set_as_current=False
+    )
+    app.conf.update(
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,368 @@
+"""What the two tasks do, in short database transactions around the battery calls.
+
+    analyze_checkpoint(analysis, step)     claim the (analysis, step) row → battery → done | error
+        └─ the last one to finish moves the analysis to ``finalizing`` and queues
+    finalize_analysis(analysis)            summarize_run → verdict + report → ``succeeded``
+
+Idempotent: a (analysis, step) row goes ``running`` → ``done``/``error`` once (a conditional
+UPDATE), so a task delivered twice (a worker died, a visibility timeout passed) counts once.
+Progress is the number of finished rows, read from the database, so no counter can drift. A
+task delivered again after its worker died counts an attempt; a checkpoint that killed its worker
+``max_task_attempts`` times is recorded as an error instead of killing workers forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from obstacle.errors import ObstacleError
+from obstacle.service.db import SessionFactory, session_scope
+from obstacle.service.models import (
+    Analysis,
+    AnalysisState,
+    Checkpoint,
+    CheckpointResult,
+    Probe,
+    utcnow,
+)
+from obstacle.service.store import ArtifactStore
+from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories
+
+__all__ = [
+    "Context",
+    "analyze_checkpoint",
+    "fail_analysis",
+    "finalize_analysis",
+    "record_checkpoint_error",
+]
+
+logger = logging.getLogger("obstacle.workers")
+
+DONE, ERROR, RUNNING = "done", "error", "running"
+
+
+@dataclass
+class Context:
+    """What a worker process holds: database, store, run directories, device, how to queue."""
+
+    sessions: SessionFactory
+    store: ArtifactStore
+    run_dirs: RunDirectories
+    device: str
+    max_attempts: int
+    send_finalize: Callable[[uuid.UUID], None]
+    permanent_errors: tuple[type[BaseException], ...] = (ObstacleError,)
+    timeouts: tuple[type[BaseException], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Job:
+    analysis_id: uuid.UUID
+    run_id: uuid.UUID
+    preset: str
+    target_loss: float | None
+    steps: list[int]
+    probe: ProbeFiles
+    checkpoints: dict[int, CheckpointFiles]
+
+
+def _load_job(ctx: Context, analysis_id: uuid.UUID) -> _Job | None:
+    with session_scope(ctx.sessions) as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is None or analysis.state in AnalysisState.TERMINAL:
+            return None
+        probe = session.get(Probe, analysis.run_id)
+        if probe is None:  # the run was deleted with its probe
+            return None
+        rows = session.scalars(
+            select(Checkpoint).where(
+                Checkpoint.run_id == analysis.run_id, Checkpoint.step.in_(analysis.steps)
+            )
+        ).all()
+        return _Job(
+            analysis_id=analysis.id,
+            run_id=analysis.run_id,
+            preset=analysis.preset,
+            target_loss=analysis.target_loss,
+            steps=sorted(int(s) for s in analysis.steps),
+            probe=ProbeFiles(store_prefix=probe.store_prefix, content_hash=probe.content_hash),
+            checkpoints={
+                c.step: CheckpointFiles(
+                    c.step, c.store_key, c.sha256, c.optimizer_store_key, c.optimizer_sha256
+                )
+                for c in rows
+            },
+        )
+
+
+def _claim(ctx: Context, analysis_id: uuid.UUID, step: int) -> int | None:
+    """Count an attempt at (analysis, step); None if it is already finished."""
+    try:
+        with session_scope(ctx.sessions) as session:
+            session.add(
+                CheckpointResult(analysis_id=analysis_id, step=step, state=RUNNING, attempts=1)
+            )
+        attempts = 1
+    except IntegrityError:
+        with session_scope(ctx.sessions) as session:
+            session.execute(
+                update(CheckpointResult)
+                .where(
+                    CheckpointResult.analysis_id == analysis_id,
+                    CheckpointResult.step == step,
+                    CheckpointResult.state == RUNNING,
+                )
+                .values(attempts=CheckpointResult.attempts + 1, started_at=utcnow())
+            )
+            row = session.get(CheckpointResult, (analysis_id, step))
+            if row is None or row.state != RUNNING:
+                return None
+            attempts = row.attempts
+    with session_scope(ctx.sessions) as session:
+        session.execute(
+            update(Analysis)
+            .where(
+                Analysis.id == analysis_id,
+                Analysis.state.in_((AnalysisState.QUEUED, AnalysisState.RUNNING)),
+            )
+            .values(state=AnalysisState.RUNNING, updated_at=utcnow())
+        )
+    return attempts
+
+
+def _finish(
+    ctx: Context,
+    analysis_id: uuid.UUID,
+    step: int,
+    *,
+    record: dict[str, Any] | None,
+    error: str | None,
+) -> bool:
+    """Move the row from running to done/error; False if another delivery finished it first."""
+    with session_scope(ctx.sessions) as session:
+        result = session.execute(
+            update(CheckpointResult)
+            .where(
+                CheckpointResult.analysis_id == analysis_id,
+                CheckpointResult.step == step,
+                CheckpointResult.state == RUNNING,
+            )
+            .values(
+                state=DONE if error is None else ERROR,
+                record=record,
+                error=error,
+                finished_at=utcnow(),
+            )
+        )
+        session.execute(
+            update(Analysis).where(Analysis.id == analysis_id).values(updated_at=utcnow())
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def analyze_checkpoint(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
+    """One checkpoint's share of an analysis; safe to run more than once."""
+    job = _load_job(ctx, analysis_id)
+    if job is None:
+        return
+    attempts = _claim(ctx, analysis_id, step)
+    if attempts is None:
+        # Delivered again after it finished (its worker died before acknowledging): make sure the
+        # run-level task was queued, which that worker may not have done.
+        _maybe_finalize(ctx, analysis_id, resend=True)
+        return
+    if attempts > ctx.max_attempts:
+        lost = (
+            f"step {step}: its worker was lost {attempts - 1} times (killed, or out of memory) while "
+            "analysing this checkpoint; it was given up. Try a cheaper preset or a bigger worker."
+        )
+        _finish(ctx, analysis_id, step, record=None, error=lost)
+        _maybe_finalize(ctx, analysis_id)
+        return
+    needed = [job.checkpoints[s] for s in sorted({job.steps[0], step}) if s in job.checkpoints]
+    run_dir = ctx.run_dirs.prepare(str(job.run_id), job.probe, needed)
+    record, error = _run_battery(
+        ctx,
+        lambda: _battery().analyze_checkpoint(run_dir, step, preset=job.preset, device=ctx.device),
+        what=f"step {step}",
+    )
+    _finish(ctx, analysis_id, step, record=record, error=error)
+    _maybe_finalize(ctx, analysis_id)
+
+
+def release_claim(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
+    """Un-count the attempt of a task that is retried after a transient failure (not a lost worker)."""
+    with session_scope(ctx.sessions) as session:
+        session.execute(
+            update(CheckpointResult)
+            .where(
+                CheckpointResult.analysis_id == analysis_id,
+                CheckpointResult.step == step,
+                CheckpointResult.state == RUNNING,
+                CheckpointResult.attempts > 0,
+            )
+            .values(attempts=CheckpointResult.attempts - 1)
+        )
+
+
+def record_checkpoint_error(ctx: Context, analysis_id: uuid.UUID, step: int, error: str) -> None:
+    """Record a checkpoint that cannot be analysed (retries spent) and move the analysis on."""
+    if _claim(ctx, analysis_id, step) is not None:
+        _finish(ctx, analysis_id, step, record=None, error=error)
+    _maybe_finalize(ctx, analysis_id)
+
+
+def _run_battery(ctx: Context, call: Callable[[], Any], *, what: str) -> tuple[Any, str | None]:
+    """The battery's result, or the reason it failed; errors worth a retry propagate."""
+    try:
+        return call(), None
+    except ctx.timeouts:
+        return None, (
+            f"{what}: over the task's time limit (OBSTACLE_CHECKPOINT_TIME_LIMIT_S, "
+            "OBSTACLE_FINALIZE_TIME_LIMIT_S); use a cheaper preset or raise the limits"
+        )
+    except ctx.permanent_errors as exc:
+        return None, f"{what}: {exc}"
+    except Exception as exc:  # a bug or a numerical failure: record it, do not retry forever
+        logger.error("battery failed on %s:\n%s", what, traceback.format_exc())
+        return None, f"{what}: {type(exc).__name__}: {exc}"
+
+
+def _maybe_finalize(ctx: Context, analysis_id: uuid.UUID, *, resend: bool = False) -> None:
+    """Queue the run-level task once every checkpoint has finished."""
+    with session_scope(ctx.sessions) as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is None or analysis.state in AnalysisState.TERMINAL:
+            return
+        finished = session.scalar(
+            select(func.count())
+            .select_from(CheckpointResult)
+            .where(
+                CheckpointResult.analysis_id == analysis_id,
+                CheckpointResult.state.in_((DONE, ERROR)),
+            )
+        )
+        if (finished or 0) < len(analysis.steps):
+            return
+        claimed = session.execute(
+            update(Analysis)
+            .where(
+                Analysis.id == analysis_id,
+                Analysis.state.in_((AnalysisState.QUEUED, AnalysisState.RUNNING)),
+            )
+            .values(state=AnalysisState.FINALIZING, updated_at=utcnow())
+        )
+        won = bool(getattr(claimed, "rowcount", 0))
+    if won or resend:
+        ctx.send_finalize(analysis_id)
+
+
+def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
+    """The run-level tests, the verdict and the report; safe to run more than once."""
+    job = _load_job(ctx, analysis_id)
+    if job is None:
+        return
+    with session_scope(ctx.sessions) as session:
+        rows = session.scalars(
+            select(CheckpointResult)
+            .where(CheckpointResult.analysis_id == analysis_id)
+            .order_by(CheckpointResult.step)
+        ).all()
+        records = [r.record for r in rows if r.state == DONE and r.record is not None]
+        errors = [r.error for r in rows if r.state == ERROR]
+    if not records:
+        fail_analysis(
+            ctx,
+            analysis_id,
+            "no checkpoint could be analysed: " + "; ".join(e or "" for e in errors),
+        )
+        return
+    done_steps = [int(r["step"]) for r in records]
+    run_dir = ctx.run_dirs.prepare(
+        str(job.run_id), job.probe, [job.checkpoints[s] for s in done_steps]
+    )
+    report, error = _run_battery(
+        ctx,
+        lambda: _battery().summarize_run(
+            run_dir, records, preset=job.preset, target_loss=job.target_loss, device=ctx.device
+        ),
+        what="run-level analysis",
+    )
+    if error is not None:
+        fail_analysis(ctx, analysis_id, error)
+        return
+    files, drawing_error = _render_and_store(ctx, job, report)
+    with session_scope(ctx.sessions) as session:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id == analysis_id, Analysis.state.not_in(AnalysisState.TERMINAL))
+            .values(
+                state=AnalysisState.SUCCEEDED,
+                report=report,
+                report_files=files,
+                error=drawing_error,
+                updated_at=utcnow(),
+                finished_at=utcnow(),
+            )
+        )
+
+
+def _render_and_store(
+    ctx: Context, job: _Job, report: dict[str, Any]
+) -> tuple[list[str], str | None]:
+    """Draw the HTML report and its plots into the store: (files, None) or ([], why not).
+
+    The verdict stands without its drawing, so a plotting failure does not fail the analysis.
+    """
+    from obstacle.battery.report import render_report  # type: ignore[attr-defined]
+
+    out = Path(tempfile.mkdtemp(prefix="report-"))
+    try:
+        try:
+            render_report(report, out)
+        except Exception as exc:
+            logger.error(
+                "the report of analysis %s could not be drawn:\n%s",
+                job.analysis_id,
+                traceback.format_exc(),
+            )
+            return (
+                [],
+                f"the HTML report could not be drawn ({type(exc).__name__}: {exc}); the JSON report is complete",
+            )
+        prefix = f"runs/{job.run_id}/analyses/{job.analysis_id}"
+        files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        for name in files:
+            ctx.store.put_file(out / name, f"{prefix}/{name}")
+        return files, None
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def fail_analysis(ctx: Context, analysis_id: uuid.UUID, reason: str) -> None:
+    """Mark the analysis failed with ``reason`` (unless it already finished)."""
+    with session_scope(ctx.sessions) as session:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id == analysis_id, Analysis.state.not_in(AnalysisState.TERMINAL))
+            .values(
+                state=AnalysisState.FAILED, error=reason, updated_at=utcnow(), finished_at=utcnow()
+            )
+        )
+
+
+def _battery() -> Any:
+    from obstacle.battery import analysis
+
+    return analysis

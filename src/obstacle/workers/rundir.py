@@ -1,0 +1,160 @@
+"""Materialise a run directory on the worker from the artifact store, as the battery expects it.
+
+    CACHE/<pid>/probes/<content_hash>/{manifest.json, program.pt2, data.safetensors}
+    CACHE/<pid>/blobs/<sha256>.safetensors              checkpoint files, by content
+    CACHE/<pid>/runs/<run_id>/probe -> ../../probes/<content_hash>
+    CACHE/<pid>/runs/<run_id>/checkpoints/step_*.safetensors -> ../../../blobs/<sha256>...
+
+A run keeps one directory per worker process, so the battery's per-process probe cache (keyed by
+run directory and content hash) loads each probe program once. Before each task the directory
+holds exactly the checkpoints that task needs (the first one gives θ₀), nothing else. Downloaded
+probe files are checked against the content hash the service computed when it validated the
+probe: a probe runs here only if it is byte for byte what the validator accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from obstacle.artifacts.bundle import BUNDLE_MEMBERS, probe_content_hash
+from obstacle.artifacts.layout import (
+    CHECKPOINT_DIR,
+    PROBE_DIR,
+    checkpoint_filename,
+    optimizer_filename,
+)
+from obstacle.errors import ProbeError
+from obstacle.service.store import ArtifactStore
+
+__all__ = ["CheckpointFiles", "ProbeFiles", "RunDirectories"]
+
+
+@dataclass(frozen=True)
+class ProbeFiles:
+    store_prefix: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    step: int
+    store_key: str
+    sha256: str
+    optimizer_store_key: str | None
+    optimizer_sha256: str | None
+
+
+class RunDirectories:
+    """This process's materialised run directories."""
+
+    def __init__(self, store: ArtifactStore, cache_root: Path) -> None:
+        self.store = store
+        self.root = cache_root / str(os.getpid())
+        _remove_dead_process_dirs(cache_root)
+
+    def prepare(
+        self, run_id: str, probe: ProbeFiles, checkpoints: Iterable[CheckpointFiles]
+    ) -> Path:
+        """The run directory holding the probe and exactly ``checkpoints``."""
+        wanted = list(checkpoints)
+        run_dir = self.root / "runs" / run_id
+        probe_link = run_dir / PROBE_DIR
+        probe_dir = self._probe(probe)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not probe_link.is_symlink() or probe_link.resolve() != probe_dir.resolve():
+            _replace_link(probe_link, probe_dir)
+        directory = run_dir / CHECKPOINT_DIR
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir()
+        keep: set[Path] = set()
+        for ck in wanted:
+            blob = self._blob(ck.store_key, ck.sha256, ".safetensors")
+            keep.add(blob)
+            (directory / checkpoint_filename(ck.step)).symlink_to(blob)
+            if ck.optimizer_store_key is not None and ck.optimizer_sha256 is not None:
+                optim = self._blob(
+                    ck.optimizer_store_key, ck.optimizer_sha256, ".optim.safetensors"
+                )
+                keep.add(optim)
+                (directory / optimizer_filename(ck.step)).symlink_to(optim)
+        self._evict(keep)
+        return run_dir
+
+    def _probe(self, probe: ProbeFiles) -> Path:
+        target = self.root / "probes" / probe.content_hash
+        if target.is_dir():
+            return target
+        staging = target.with_name(f".{target.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        for name in BUNDLE_MEMBERS:
+            self.store.get_file(f"{probe.store_prefix}/{name}", staging / name)
+        digest = probe_content_hash(staging)
+        if digest != probe.content_hash:
+            shutil.rmtree(staging)
+            raise ProbeError(
+                f"the probe files in the artifact store hash to {digest[:16]}…, not to the "
+                f"{probe.content_hash[:16]}… the validator accepted; the store was changed. Upload the "
+                "probe to a new run."
+            )
+        staging.rename(target)
+        return target
+
+    def _blob(self, key: str, sha256: str, suffix: str) -> Path:
+        blob = self.root / "blobs" / f"{sha256}{suffix}"
+        if not blob.exists():
+            self.store.get_file(key, blob)
+            if _sha256(blob) != sha256:
+                blob.unlink()
+                raise ProbeError(
+                    f"{key}: the stored file does not match its recorded SHA-256; upload it again."
+                )
+        return blob
+
+    def _evict(self, keep: set[Path]) -> None:
+        blobs = self.root / "blobs"
+        for path in blobs.iterdir() if blobs.exists() else ():
+            if path not in keep:
+                path.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _replace_link(link: Path, target: Path) -> None:
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.exists():
+        shutil.rmtree(link)
+    link.symlink_to(target, target_is_directory=True)
+
+
+def _remove_dead_process_dirs(cache_root: Path) -> None:
+    """Caches of processes that are gone (killed workers) are removed."""
+    if not cache_root.exists():
+        return
+    for child in cache_root.iterdir():
+        if child.name.isdigit() and int(child.name) != os.getpid() and not _alive(int(child.name)):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

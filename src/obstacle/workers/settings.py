@@ -1,0 +1,34 @@
+"""Settings of a worker, read from ``OBSTACLE_*`` environment variables (see obstacle.service.settings).
+
+OBSTACLE_DEVICE             auto (default: CUDA when present, else CPU) | cpu | cuda
+OBSTACLE_WORKER_CACHE_DIR   where a worker keeps probes and materialised run directories
+OBSTACLE_MAX_TASK_ATTEMPTS  a checkpoint whose worker died this many times is recorded as failed
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from obstacle.service.settings import CommonSettings
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(CommonSettings):
+    """A worker's settings: the shared ones plus the device and its local cache."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    worker_cache_dir: Path | None = None
+    max_task_attempts: int = Field(default=3, ge=1)
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        base = (
+            self.worker_cache_dir
+            if self.worker_cache_dir is not None
+            else self.data_dir / "worker-cache"
+        )
+        return base.resolve()

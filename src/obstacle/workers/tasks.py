@@ -1,0 +1,106 @@
+"""The Celery tasks: they take ids, have names and time limits, and are idempotent.
+
+The work is in ``obstacle.workers.jobs``; here: retries for transient failures (database, broker,
+artifact store unreachable), and what to record when the retries are spent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import suppress
+from functools import cache
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+from celery.exceptions import SoftTimeLimitExceeded
+
+from obstacle.errors import ObstacleError
+from obstacle.service.db import create_db_engine, session_factory
+from obstacle.service.store import ArtifactStore
+from obstacle.workers import jobs
+from obstacle.workers.app import app, settings
+from obstacle.workers.celery_app import ANALYZE_CHECKPOINT, FINALIZE_ANALYSIS
+from obstacle.workers.rundir import RunDirectories
+from obstacle.workers.runtime import select_device
+
+__all__ = ["TRANSIENT", "analyze_checkpoint", "finalize_analysis"]
+
+# Worth a retry: the service around the computation was briefly unreachable.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+MAX_RETRIES = 5
+
+
+@cache
+def context() -> jobs.Context:
+    """This process's database engine, store and run directories (made after the fork)."""
+    engine = create_db_engine(settings.resolved_database_url)
+    store = ArtifactStore(settings.resolved_artifact_url)
+    return jobs.Context(
+        sessions=session_factory(engine),
+        store=store,
+        run_dirs=RunDirectories(store, settings.resolved_cache_dir),
+        device=select_device(settings.device),
+        max_attempts=settings.max_task_attempts,
+        send_finalize=lambda analysis_id: finalize_analysis.delay(str(analysis_id)),
+        permanent_errors=(ObstacleError,),
+        timeouts=(SoftTimeLimitExceeded,),
+    )
+
+
+def _retry_delay(retries: int) -> int:
+    return int(min(60, 2**retries))
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name=ANALYZE_CHECKPOINT,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=max(1, settings.checkpoint_time_limit_s - 10),
+    time_limit=settings.checkpoint_time_limit_s,
+    max_retries=MAX_RETRIES,
+)
+def analyze_checkpoint(self: Any, analysis_id: str, step: int) -> None:
+    """The battery on one checkpoint of an analysis; the last one queues ``finalize_analysis``."""
+    ident = uuid.UUID(analysis_id)
+    try:
+        jobs.analyze_checkpoint(context(), ident, int(step))
+    except TRANSIENT as exc:
+        if self.request.retries < MAX_RETRIES:
+            with suppress(*TRANSIENT):
+                jobs.release_claim(context(), ident, int(step))
+            raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from exc
+        reason = f"step {step}: gave up after {MAX_RETRIES} retries ({type(exc).__name__}: {exc})"
+        jobs.record_checkpoint_error(context(), ident, int(step), reason)
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name=FINALIZE_ANALYSIS,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=max(1, settings.finalize_time_limit_s - 10),
+    time_limit=settings.finalize_time_limit_s,
+    max_retries=MAX_RETRIES,
+)
+def finalize_analysis(self: Any, analysis_id: str) -> None:
+    """The run-level tests, the verdict and the report of an analysis."""
+    ident = uuid.UUID(analysis_id)
+    try:
+        jobs.finalize_analysis(context(), ident)
+    except TRANSIENT as exc:
+        if self.request.retries < MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from exc
+        jobs.fail_analysis(
+            context(),
+            ident,
+            f"the run-level task gave up after {MAX_RETRIES} retries ({type(exc).__name__}: {exc})",
+        )

@@ -1,0 +1,1066 @@
+"""Small real training runs, each with one known optimization obstacle (the verdict's scenario suite).
+
+Every ``build_<label>_<arch>(run_dir)`` trains a model from scratch (seeded, float64, one CPU thread,
+well under 3 s), writes the probe (K minibatches of its training data, a validation batch where it
+matters), 6–12 checkpoints (with the optimizer's state when it has one, and a consecutive pair
+t, t+1 at the end) and ``train_log.jsonl``, then computes with plain torch — never the battery —
+the exact facts that make its label right, and returns them in a :class:`ScenarioInfo`.
+``SCENARIOS`` maps ``"<label>/<arch>"`` to its builder. ``test_builders_exact.py`` asserts the facts.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+import obstacle
+from obstacle.artifacts.layout import CHECKPOINT_DIR, checkpoint_filename, optimizer_filename
+from obstacle.battery.checkpoint import append_train_log
+
+Batch = tuple[Tensor, ...]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Builder = Callable[[Path], "ScenarioInfo"]
+
+LABELS = (
+    "healthy",
+    "local_minimum",
+    "saddle_point",
+    "poor_conditioning",
+    "gradient_noise",
+    "no_critical_point",
+    "divergence",
+    "overfitting",
+)
+
+DTYPE = torch.float64
+# Models up to this many parameters get the full Hessian; λmax of larger ones comes from Lanczos
+# (scipy eigsh) on exact Hessian-vector products, converged to EIGSH_TOL relative.
+FULL_HESSIAN_MAX = 1200
+EIGSH_TOL = 1e-8
+
+
+@dataclass
+class ScenarioInfo:
+    """What a scenario is, why its label is right, and the exact facts that show it."""
+
+    name: str
+    label: str
+    architecture: str
+    optimizer: str
+    description: str
+    target_loss: float | None
+    lr: float
+    steps: list[int]
+    facts: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# The probe loss as a function of the flat parameter vector (plain torch, the reference)
+# --------------------------------------------------------------------------------------------
+
+
+class Problem:
+    """J(θ) = mean over the probe batches of ``loss_fn(model(*inputs), target)``, θ flattened."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Batch],
+        validation: Batch | None = None,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batches = list(batches)
+        self.validation = validation
+        # Every loss here is a mean over examples and the K batches are equally sized, so the mean of
+        # the K batch losses is the loss of their concatenation: one forward pass instead of K.
+        self.joined = full_batch(self.batches)
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.size = sum(self.sizes)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        chunks = torch.split(flat, self.sizes)
+        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
+
+    def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
+        return torch.cat([tensors[n].reshape(-1).to(DTYPE) for n in self.names])
+
+    def batch_loss(self, flat: Tensor, batch: Batch) -> Tensor:
+        out = functional_call(self.model, self.unflatten(flat), batch[:-1])
+        return self.loss_fn(out, batch[-1])
+
+    def loss(self, flat: Tensor) -> Tensor:
+        """The full probe loss: the mean of the K batch losses."""
+        return self.batch_loss(flat, self.joined)
+
+    def loss_by_batches(self, flat: Tensor) -> float:
+        """The same probe loss computed batch by batch (checks the joined shortcut)."""
+        with torch.no_grad():
+            return float(torch.stack([self.batch_loss(flat, b) for b in self.batches]).mean())
+
+    def val_loss(self, flat: Tensor) -> float:
+        assert self.validation is not None
+        with torch.no_grad():
+            return float(self.batch_loss(flat, self.validation))
+
+    def grad(self, flat: Tensor, batch: Batch | None = None) -> Tensor:
+        """∇J (or the gradient of one batch's loss)."""
+        x = flat.detach().clone().requires_grad_(True)
+        value = self.loss(x) if batch is None else self.batch_loss(x, batch)
+        (g,) = torch.autograd.grad(value, x)
+        return g.detach()
+
+    def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
+        x = flat.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.loss(x), x, create_graph=True)
+        (hv,) = torch.autograd.grad(g @ v, x)
+        return hv.detach()
+
+    def hessian(self, flat: Tensor) -> Tensor:
+        h = torch.autograd.functional.hessian(self.loss, flat.detach().clone())
+        assert isinstance(h, Tensor)
+        return 0.5 * (h + h.T)
+
+    def spectrum(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """All eigenvalues (ascending) and eigenvectors of the exact Hessian (small models only)."""
+        assert self.size <= FULL_HESSIAN_MAX, f"{self.size} parameters: use lambda_max"
+        values, vectors = torch.linalg.eigh(self.hessian(flat))
+        return values, vectors
+
+    def lambda_max(self, flat: Tensor, scale: Tensor | None = None) -> float:
+        """λmax of H, or of D·H·D for a diagonal ``scale`` D, by Lanczos on exact HVPs."""
+        d = torch.ones(self.size, dtype=DTYPE) if scale is None else scale
+        if self.size <= FULL_HESSIAN_MAX // 4:
+            return float(torch.linalg.eigvalsh(d[:, None] * self.hessian(flat) * d[None, :])[-1])
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            vec = torch.as_tensor(v, dtype=DTYPE).reshape(-1)
+            return (d * self.hvp(flat, d * vec)).numpy()
+
+        op = LinearOperator((self.size, self.size), matvec=matvec, dtype=np.float64)
+        start = np.random.default_rng(0).standard_normal(self.size)
+        top = eigsh(op, k=1, which="LA", tol=EIGSH_TOL, v0=start, return_eigenvectors=False)
+        return float(top[0])
+
+    def value(self, flat: Tensor) -> float:
+        with torch.no_grad():
+            return float(self.loss(flat))
+
+
+# --------------------------------------------------------------------------------------------
+# Saved checkpoints and the step their optimizer would take (read back with safetensors)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Saved:
+    """One checkpoint as written to disk: θ flattened, lr, and the optimizer's flattened state."""
+
+    step: int
+    lr: float
+    train_loss: float | None
+    flat: Tensor
+    optimizer: str | None = None
+    hyper: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Tensor] = field(default_factory=dict)
+
+
+def load_saved(run_dir: Path, problem: Problem, step: int) -> Saved:
+    """Read checkpoint ``step`` of ``run_dir`` (and its optimizer file) into flat tensors."""
+    path = Path(run_dir) / CHECKPOINT_DIR / checkpoint_filename(step)
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    saved = Saved(
+        step=int(meta["step"]),
+        lr=float(meta["lr"]),
+        train_loss=float(meta["train_loss"]) if "train_loss" in meta else None,
+        flat=problem.flatten(tensors),
+    )
+    if "optimizer" in meta:
+        info = json.loads(meta["optimizer"])
+        saved.optimizer = str(info["class"])
+        saved.hyper = dict(info["hyperparameters"])
+        slots: dict[str, dict[str, Tensor]] = {}
+        with safe_open(str(path.with_name(optimizer_filename(step))), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118
+                slot, _, name = key.partition("/")
+                slots.setdefault(slot, {})[name] = handle.get_tensor(key)
+        for slot, by_name in slots.items():
+            if slot == "step":
+                saved.state[slot] = by_name[problem.names[0]].to(DTYPE).reshape(())
+            elif set(by_name) == set(problem.names):
+                saved.state[slot] = problem.flatten(by_name)
+    return saved
+
+
+def optimizer_step(saved: Saved, g: Tensor) -> Tensor:
+    """The update d the saved optimizer takes from gradient ``g`` (θ ← θ + d), as torch does it."""
+    lr, hyper, state, theta = saved.lr, saved.hyper, saved.state, saved.flat
+    if saved.optimizer is None:
+        return -lr * g
+    if saved.optimizer == "SGD":
+        assert not hyper.get("nesterov") and not hyper.get("weight_decay")
+        mu, damp = float(hyper.get("momentum", 0.0)), float(hyper.get("dampening", 0.0))
+        if mu == 0.0:
+            return -lr * g
+        buf = state.get("momentum_buffer")
+        new = g.clone() if buf is None else mu * buf + (1 - damp) * g
+        return -lr * new
+    if saved.optimizer in ("Adam", "AdamW"):
+        assert not hyper.get("amsgrad")
+        b1, b2 = (float(b) for b in hyper["betas"])
+        eps, wd = float(hyper["eps"]), float(hyper.get("weight_decay", 0.0))
+        decay = torch.zeros_like(theta)
+        if saved.optimizer == "AdamW":
+            decay = -lr * wd * theta
+        elif wd:
+            g = g + wd * theta
+        t = float(state["step"]) + 1 if "step" in state else 1.0
+        m = b1 * state.get("exp_avg", torch.zeros_like(g)) + (1 - b1) * g
+        v = b2 * state.get("exp_avg_sq", torch.zeros_like(g)) + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        return decay - lr * m_hat / (v_hat.sqrt() + eps)
+    raise ValueError(f"no reference step for optimizer {saved.optimizer}")
+
+
+def step_facts(problem: Problem, saved: Saved) -> dict[str, float]:
+    """ΔJ on the full probe loss of the optimizer's step from ∇J and from each batch gradient."""
+    with torch.no_grad():
+        base = float(problem.loss(saved.flat))
+    full = problem.value(saved.flat + optimizer_step(saved, problem.grad(saved.flat))) - base
+    mini = [
+        problem.value(saved.flat + optimizer_step(saved, problem.grad(saved.flat, b))) - base
+        for b in problem.batches
+    ]
+    return {
+        "full_step_dJ": full,
+        "minibatch_uphill_fraction": float(np.mean([d > 0 for d in mini])),
+        "minibatch_dJ_mean": float(np.mean(mini)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Training: the probe, the loop, checkpoints and the log
+# --------------------------------------------------------------------------------------------
+
+
+def schedule(steps: int, count: int = 8) -> list[int]:
+    """``count`` checkpoint steps spread over [0, steps], ending with the pair steps−1, steps."""
+    spread = np.unique(np.linspace(0, steps - 1, count - 1).round().astype(int))
+    return sorted({int(s) for s in spread} | {steps - 1, steps})
+
+
+def log_schedule(steps: int, count: int = 9) -> list[int]:
+    """Checkpoint steps spread geometrically (for runs whose progress is logarithmic)."""
+    spread = np.unique(np.geomspace(1, steps - 1, count - 2).round().astype(int))
+    return sorted({0, *(int(s) for s in spread), steps - 1, steps})
+
+
+def train(
+    run_dir: Path,
+    model: nn.Module,
+    loss_fn: LossFn,
+    sample: Callable[[int], Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    save_at: Sequence[int],
+    lr: float,
+    log_every: int = 1,
+) -> list[float]:
+    """Take ``steps`` optimizer steps on ``sample(t)``; checkpoint θ_t (and the optimizer) at ``save_at``.
+
+    The checkpoint of step t holds the parameters after t updates; its train loss is the loss of
+    the minibatch about to be used at step t. Non-finite losses are kept (divergence is evidence).
+    """
+    wanted = set(save_at)
+    has_state = bool(optimizer.defaults.get("momentum")) or "betas" in optimizer.defaults
+    losses: list[float] = []
+    for t in range(steps + 1):
+        batch = sample(t)
+        loss = loss_fn(model(*batch[:-1]), batch[-1])
+        value = loss.detach().item()
+        losses.append(value)
+        if t in wanted:
+            obstacle.save_checkpoint(
+                run_dir,
+                model,
+                step=t,
+                lr=lr,
+                train_loss=value,
+                optimizer=optimizer if has_state else None,
+            )
+        if t % log_every == 0:
+            append_train_log(run_dir, step=t, lr=lr, loss=value)
+        if t < steps:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return losses
+
+
+def capture(
+    run_dir: Path,
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Batch],
+    validation: Batch | None = None,
+) -> Problem:
+    """Save the probe and return the same loss as a :class:`Problem` for the exact facts."""
+    obstacle.Probe.capture(model, loss_fn, list(batches), validation=validation).save(run_dir)
+    return Problem(model, loss_fn, batches, validation)
+
+
+def split(x: Tensor, y: Tensor, k: int) -> list[Batch]:
+    """Cut (x, y) into k equal batches in order."""
+    b = x.shape[0] // k
+    return [(x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]) for i in range(k)]
+
+
+def full_batch(batches: Sequence[Batch]) -> Batch:
+    return tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
+
+
+def random_minibatches(data: Batch, size: int, seed: int) -> Callable[[int], Batch]:
+    """``sample(t)``: a minibatch of ``size`` examples drawn without replacement, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    n = data[0].shape[0]
+
+    def sample(_t: int) -> Batch:
+        idx = torch.randperm(n, generator=gen)[:size]
+        return tuple(part[idx] for part in data)
+
+    return sample
+
+
+def _seeded(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Facts read back from the saved run
+# --------------------------------------------------------------------------------------------
+
+
+def _nearest(steps: Sequence[int], target: float) -> int:
+    return int(np.argmin([abs(s - target) for s in steps]))
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
+
+
+def trajectory(
+    problem: Problem, run_dir: Path, steps: Sequence[int]
+) -> tuple[list[Saved], dict[str, float]]:
+    """Every checkpoint read back, with its probe loss, validation loss and parameter norm."""
+    saved = [load_saved(run_dir, problem, s) for s in steps]
+    losses = [problem.value(s.flat) for s in saved]
+    mid = _nearest(steps, steps[-1] / 2)
+    finite = [
+        bool(torch.isfinite(s.flat).all()) and math.isfinite(v)
+        for s, v in zip(saved, losses, strict=True)
+    ]
+    facts = {
+        "checkpoints": float(len(saved)),
+        "loss_first": losses[0],
+        "loss_mid": losses[mid],
+        "loss_last": losses[-1],
+        "final_pair_dJ": losses[-1] - losses[-2],
+        "decreasing_pairs": float(
+            np.mean([b < a for a, b in zip(losses, losses[1:], strict=False)])
+        ),
+        "loss_peak_over_first": max(_finite_or_inf(v) for v in losses) / losses[0],
+        "param_norm_first": float(saved[0].flat.norm()),
+        "param_norm_mid": float(saved[mid].flat.norm()),
+        "param_norm_last": float(saved[-1].flat.norm()),
+        "finite_last": float(finite[-1]),
+        "first_nonfinite_step": float(
+            next((s for s, f in zip(steps, finite, strict=True) if not f), -1)
+        ),
+    }
+    if problem.validation is not None:
+        val = [problem.val_loss(s.flat) for s in saved]
+        facts |= {
+            "val_first": val[0],
+            "val_mid": val[mid],
+            "val_last": val[-1],
+            "val_min": min(val),
+        }
+    return saved, facts
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The minibatch losses of ``train_log.jsonl``, in step order."""
+    lines = (Path(run_dir) / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [float(json.loads(line)["loss"]) for line in lines]
+
+
+def uphill_rate(losses: Sequence[float], start: int) -> float:
+    """Fraction of steps t ≥ start whose next loss is higher (real uphill steps)."""
+    pairs = list(zip(losses[start:], losses[start + 1 :], strict=False))
+    return float(np.mean([b > a for a, b in pairs]))
+
+
+def hessian_facts(problem: Problem, flat: Tensor) -> dict[str, float]:
+    """λmin, λmax of the exact Hessian, ‖∇J‖ and J at θ."""
+    values, _ = problem.spectrum(flat)
+    return {
+        "lambda_min": float(values[0]),
+        "lambda_max": float(values[-1]),
+        "grad_norm": float(problem.grad(flat).norm()),
+    }
+
+
+def saddle_facts(problem: Problem, flat: Tensor, alpha: float) -> dict[str, float]:
+    """Hessian extremes plus the loss change J(θ ± α·v) − J(θ) along the λmin eigenvector v."""
+    values, vectors = problem.spectrum(flat)
+    v = vectors[:, 0]
+    base = problem.value(flat)
+    plus, minus = problem.value(flat + alpha * v), problem.value(flat - alpha * v)
+    return {
+        "lambda_min": float(values[0]),
+        "lambda_max": float(values[-1]),
+        "negative_eigenvalues": float((values < -1e-3 * values.abs().max()).sum()),
+        "grad_norm": float(problem.grad(flat).norm()),
+        "escape_dJ": min(plus, minus) - base,
+        "escape_second_difference": plus + minus - 2 * base,
+        "escape_alpha": alpha,
+    }
+
+
+def sharpness_facts(problem: Problem, saved: Saved) -> dict[str, float]:
+    """The step's stability number and its threshold for the saved optimizer.
+
+    Plain GD: lr·λmax against 2. Heavy-ball momentum μ: lr·λmax against 2(1+μ). Adam: the
+    preconditioned lr·λmax(P^-1/2·H·P^-1/2), P = (1−β1^t)(sqrt(v̂)+eps), against
+    (2+2β1)/(1−β1) (Cohen et al. 2022).
+    """
+    if saved.optimizer in ("Adam", "AdamW"):
+        b1 = float(saved.hyper["betas"][0])
+        scale = adam_preconditioner(saved).rsqrt()
+        return {
+            "sharpness": saved.lr * problem.lambda_max(saved.flat, scale),
+            "sharpness_threshold": (2 + 2 * b1) / (1 - b1),
+        }
+    mu = float(saved.hyper.get("momentum", 0.0)) if saved.optimizer == "SGD" else 0.0
+    return {
+        "sharpness": saved.lr * problem.lambda_max(saved.flat),
+        "sharpness_threshold": 2 * (1 + mu),
+    }
+
+
+def noise_facts(problem: Problem, flat: Tensor) -> dict[str, float]:
+    """tr(Σ)/|ḡ|² of the K probe-batch gradients: how much noise each minibatch gradient carries."""
+    grads = torch.stack([problem.grad(flat, b) for b in problem.batches])
+    mean = grads.mean(dim=0)
+    trace = float(((grads - mean) ** 2).sum(dim=1).sum() / (len(grads) - 1))
+    return {"noise_to_signal": trace / float(mean @ mean)}
+
+
+def accuracy(problem: Problem, flat: Tensor, batch: Batch) -> float:
+    with torch.no_grad():
+        out = functional_call(problem.model, problem.unflatten(flat), batch[:-1])
+    return float((out.argmax(dim=1) == batch[-1]).double().mean())
+
+
+def adam_preconditioner(saved: Saved) -> Tensor:
+    """Adam's diagonal P = (1 − β1^t)(sqrt(v̂) + eps): its step is θ ← θ − lr·P⁻¹·m."""
+    b1, b2 = (float(b) for b in saved.hyper["betas"])
+    t = float(saved.state["step"])
+    v_hat = saved.state["exp_avg_sq"] / (1 - b2**t)
+    return (1 - b1**t) * (v_hat.sqrt() + float(saved.hyper["eps"]))
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+
+SCENARIOS: dict[str, Builder] = {}
+
+
+def scenario(label: str, architecture: str) -> Callable[[Builder], Builder]:
+    """Register a builder as ``"<label>/<architecture>"``; it runs on one thread, RNG forked."""
+    assert label in LABELS, label
+
+    def register(fn: Builder) -> Builder:
+        @functools.wraps(fn)
+        def build(run_dir: Path) -> ScenarioInfo:
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            threads = torch.get_num_threads()
+            start = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                torch.set_num_threads(1)
+                try:
+                    info = fn(run_dir)
+                finally:
+                    torch.set_num_threads(threads)
+            info.seconds = time.perf_counter() - start
+            assert (info.label, info.architecture) == (label, architecture), info.name
+            return info
+
+        name = f"{label}/{architecture}"
+        assert name not in SCENARIOS, name
+        SCENARIOS[name] = build
+        return build
+
+    return register
+
+
+def _info(label: str, architecture: str, **kwargs: Any) -> ScenarioInfo:
+    return ScenarioInfo(
+        name=f"{label}/{architecture}", label=label, architecture=architecture, **kwargs
+    )
+
+
+def mlp(*sizes: int, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """A float64 MLP with ``act`` between its linear layers."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        if i:
+            layers.append(act())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers).double()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[Tensor, Tensor]:
+    """sklearn's bundled 8×8 digits (no download): images scaled to [0, 1], labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return torch.tensor(data.images / 16.0, dtype=DTYPE), torch.tensor(data.target)
+
+
+def _flat_params(model: nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _full_batch_sampler(data: Batch) -> Callable[[int], Batch]:
+    return lambda _t: data
+
+
+def bce_logits(out: Tensor, target: Tensor) -> Tensor:
+    """Binary logistic loss on a (B, 1) logit and (B,) labels in {0, 1}."""
+    return F.binary_cross_entropy_with_logits(out.squeeze(1), target)
+
+
+# --------------------------------------------------------------------------------------------
+# healthy: sensible training that makes steady progress, or has converged with no target
+# --------------------------------------------------------------------------------------------
+
+
+def _digits_split(
+    gen: torch.Generator, *, images: bool, train: int, val: int
+) -> tuple[Batch, Batch]:
+    x, y = _digits()
+    x = x.unsqueeze(1) if images else x.reshape(len(x), -1)
+    order = torch.randperm(len(x), generator=gen)
+    tr, va = order[:train], order[train : train + val]
+    return (x[tr], y[tr]), (x[va], y[va])
+
+
+def _healthy_digits(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, lr: float, images: bool
+) -> tuple[Problem, list[int], dict[str, float]]:
+    gen = torch.Generator().manual_seed(1)
+    train_set, val = _digits_split(gen, images=images, train=1400, val=256)
+    batches = [
+        (train_set[0][i * 32 : (i + 1) * 32], train_set[1][i * 32 : (i + 1) * 32]) for i in range(4)
+    ]
+    problem = capture(run_dir, model, F.cross_entropy, batches, validation=val)
+    steps = 240
+    save_at = schedule(steps, 8)
+    train(
+        run_dir,
+        model,
+        F.cross_entropy,
+        random_minibatches(train_set, 32, seed=2),
+        optimizer,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    last = saved[-1]
+    facts |= step_facts(problem, last)
+    facts |= sharpness_facts(problem, last)
+    facts["train_accuracy"] = accuracy(problem, last.flat, train_set)
+    facts["val_accuracy"] = accuracy(problem, last.flat, val)
+    return problem, save_at, facts
+
+
+@scenario("healthy", "mlp_digits")
+def build_healthy_mlp_digits(run_dir: Path) -> ScenarioInfo:
+    """Healthy: a tanh MLP on sklearn digits, SGD with momentum, loss and validation still falling."""
+    torch.manual_seed(0)
+    model = mlp(64, 32, 10)
+    lr = 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    _, steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=False)
+    return _info(
+        "healthy",
+        "mlp_digits",
+        optimizer="SGD(momentum=0.9)",
+        description="sensible lr on digits: train and validation loss fall together, steps downhill, "
+        "lr·λmax far below 2(1+μ), >90% train accuracy; nothing holds it back",
+        target_loss=None,
+        lr=lr,
+        steps=steps,
+        facts=facts,
+    )
+
+
+@scenario("healthy", "cnn_digits")
+def build_healthy_cnn_digits(run_dir: Path) -> ScenarioInfo:
+    """Healthy: a small CNN on 8×8 digits trained with Adam, steady progress."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 10)
+    ).double()
+    lr = 0.01
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    _, steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=True)
+    return _info(
+        "healthy",
+        "cnn_digits",
+        optimizer="Adam(lr=0.01)",
+        description="Adam at a sensible lr on digits: train and validation loss fall together, the "
+        "Adam step goes downhill, preconditioned sharpness below its threshold, >90% accuracy",
+        target_loss=None,
+        lr=lr,
+        steps=steps,
+        facts=facts,
+    )
+
+
+@scenario("healthy", "linear_regression")
+def build_healthy_linear_regression(run_dir: Path) -> ScenarioInfo:
+    """Healthy: least squares converged to its unique minimum with full-batch GD; no target given.
+
+    A converged minimum with no target loss is success, not a local minimum ("converged to a
+    minimum at loss L"); minibatch gradients are noisy there but nothing is left to gain.
+    """
+    gen = _seeded(0)
+    x = torch.randn(64, 5, generator=gen, dtype=DTYPE)
+    w = torch.randn(5, 1, generator=gen, dtype=DTYPE)
+    y = x @ w + 0.3 * torch.randn(64, 1, generator=gen, dtype=DTYPE)
+    model = nn.Linear(5, 1).double()
+    batches = split(x, y, 4)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lr, steps = 0.3, 150
+    save_at = schedule(steps, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= hessian_facts(problem, saved[-1].flat)
+    design = torch.cat([x, torch.ones(64, 1, dtype=DTYPE)], dim=1)
+    optimum = torch.linalg.lstsq(design, y).solution
+    facts["least_squares_loss"] = float(F.mse_loss(design @ optimum, y))
+    return _info(
+        "healthy",
+        "linear_regression",
+        optimizer="SGD (full-batch GD)",
+        description="convex least squares, GD converged: ‖∇J‖≈0, Hessian positive definite, loss equals "
+        "the closed-form optimum; a minimum with no target is a success",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# local_minimum: converged (‖∇J‖≈0, Hessian ≥ 0) above the target, with a better minimum elsewhere
+# --------------------------------------------------------------------------------------------
+
+DOUBLE_WELL_TILT = 0.3
+
+
+class DoubleWell(nn.Module):
+    """Two parameters (a, b) scaled by the inputs; with :func:`double_well_loss` the loss is
+    ≈ (a² − 1)² + 0.3·a + ½b² + ½: an asymmetric double well in a, a bowl in b."""
+
+    def __init__(self, a: float, b: float) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([a], dtype=DTYPE))
+        self.b = nn.Parameter(torch.tensor([b], dtype=DTYPE))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.cat([self.a, self.b])
+
+
+def double_well_loss(out: Tensor, target: Tensor) -> Tensor:
+    """mean of (u² − t)² + tilt·u + ½v² + ½ over the batch, (u, v) the model's two outputs."""
+    u, v = out[:, 0], out[:, 1]
+    return ((u**2 - target) ** 2 + DOUBLE_WELL_TILT * u + 0.5 * v**2 + 0.5).mean()
+
+
+@scenario("local_minimum", "double_well")
+def build_local_minimum_double_well(run_dir: Path) -> ScenarioInfo:
+    """Local minimum: GD started in the basin of the worse well of an asymmetric double well."""
+    gen = _seeded(0)
+    x = 1 + 0.05 * torch.randn(32, 2, generator=gen, dtype=DTYPE)
+    t = torch.ones(32, dtype=DTYPE)
+    batches = split(x, t, 4)
+    model = DoubleWell(1.6, 1.0)
+    problem = capture(run_dir, model, double_well_loss, batches)
+    lr, steps = 0.1, 300
+    save_at = schedule(steps, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    train(run_dir, model, double_well_loss, _full_batch_sampler((x, t)), opt, steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= hessian_facts(problem, saved[-1].flat)
+    # The other well, reached by the same GD from a = −1.6.
+    other = DoubleWell(-1.6, 1.0)
+    other_opt = torch.optim.SGD(other.parameters(), lr=lr)
+    for _ in range(steps):
+        other_opt.zero_grad()
+        double_well_loss(other(x), t).backward()
+        other_opt.step()
+    facts["other_minimum_loss"] = problem.value(_flat_params(other))
+    facts["other_minimum_grad_norm"] = float(problem.grad(_flat_params(other)).norm())
+    target = 0.5
+    return _info(
+        "local_minimum",
+        "double_well",
+        optimizer="SGD (full-batch GD)",
+        description="asymmetric double well started in the worse basin: GD converged (‖∇J‖≈0, both "
+        "Hessian eigenvalues > 0) at loss ≈0.79 while the other well reaches ≈0.20 < target 0.5",
+        target_loss=target,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+class Sine(nn.Module):
+    """sin as an activation (a one-unit periodic network: fitting a frequency is multimodal)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(x)
+
+
+def _sine_unit(w: float) -> nn.Sequential:
+    model = nn.Sequential(nn.Linear(1, 1), Sine(), nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(w)
+        model[0].bias.fill_(0.0)
+        model[2].weight.fill_(0.5)
+        model[2].bias.fill_(0.0)
+    return model
+
+
+@scenario("local_minimum", "sine_unit")
+def build_local_minimum_sine_unit(run_dir: Path) -> ScenarioInfo:
+    """Local minimum: a one-unit sine network started at the wrong frequency converges to a
+    spurious minimum (the classic multimodal frequency fit); from w = 2 it fits the data."""
+    gen = _seeded(0)
+    x = torch.linspace(-3, 3, 64, dtype=DTYPE).reshape(-1, 1)
+    y = torch.sin(2.5 * x + 0.3) + 0.05 * torch.randn(64, 1, generator=gen, dtype=DTYPE)
+    order = torch.randperm(64, generator=gen)
+    x, y = x[order], y[order]
+    batches = split(x, y, 4)
+    model = _sine_unit(0.8)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lr, steps = 0.08, 1200
+    save_at = schedule(steps, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= hessian_facts(problem, saved[-1].flat)
+    other = _sine_unit(2.0)
+    other_opt = torch.optim.SGD(other.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        other_opt.zero_grad()
+        F.mse_loss(other(x), y).backward()
+        other_opt.step()
+    facts["other_minimum_loss"] = problem.value(_flat_params(other))
+    facts["other_minimum_grad_norm"] = float(problem.grad(_flat_params(other)).norm())
+    target = 0.1
+    return _info(
+        "local_minimum",
+        "sine_unit",
+        optimizer="SGD(momentum=0.9), full batch",
+        description="one sine unit fitting sin(2.5x+0.3) from frequency 0.8: converged to a spurious "
+        "minimum (‖∇J‖≈0, Hessian positive definite) at loss ≈0.49 > target 0.1, while the same run "
+        "from frequency 2.0 reaches ≈0.003",
+        target_loss=target,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# saddle_point: a plateau at a critical point with a clearly negative Hessian eigenvalue
+# --------------------------------------------------------------------------------------------
+
+
+def _continue(model: nn.Module, loss_fn: LossFn, data: Batch, *, lr: float, steps: int) -> nn.Module:
+    """A copy of ``model`` trained ``steps`` more full-batch GD steps (what staying the course gives)."""
+    clone = copy.deepcopy(model)
+    opt = torch.optim.SGD(clone.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(clone(*data[:-1]), data[-1]).backward()
+        opt.step()
+    return clone
+
+
+@scenario("saddle_point", "deep_linear")
+def build_saddle_point_deep_linear(run_dir: Path) -> ScenarioInfo:
+    """Saddle: a three-layer linear network W3·W2·W1 from small initialization (Saxe et al. 2014).
+
+    The origin is a saddle of deep linear regression; from scale 0.01 full-batch GD spends its
+    whole run on the plateau there, far above the least-squares loss the network can represent.
+    """
+    gen = _seeded(0)
+    x = torch.randn(32, 4, generator=gen, dtype=DTYPE)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=DTYPE))
+    teacher = q @ torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=DTYPE))
+    y = x @ teacher.T + 0.05 * torch.randn(32, 4, generator=gen, dtype=DTYPE)
+    model = nn.Sequential(
+        nn.Linear(4, 8, bias=False), nn.Linear(8, 8, bias=False), nn.Linear(8, 4, bias=False)
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.01, generator=gen)
+    batches = split(x, y, 4)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lr, steps = 0.05, 200
+    save_at = schedule(steps, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= saddle_facts(problem, saved[-1].flat, alpha=0.1)
+    solution = torch.linalg.lstsq(x, y).solution
+    facts["least_squares_loss"] = float(F.mse_loss(x @ solution, y))
+    facts["plateau_change_last_half"] = abs(facts["loss_last"] - facts["loss_mid"]) / facts["loss_mid"]
+    return _info(
+        "saddle_point",
+        "deep_linear",
+        optimizer="SGD (full-batch GD)",
+        description="3-layer linear net from scale 0.01: loss flat at ≈3.77 (least squares: 0.002), "
+        "‖∇J‖ small, λmin ≈ −0.15 < 0 with |λmin| > λmax, and the loss falls along its eigenvector",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("saddle_point", "tanh_mlp")
+def build_saddle_point_tanh_mlp(run_dir: Path) -> ScenarioInfo:
+    """Saddle: a tanh MLP from tiny initialization (1e-5). The output bias fits the mean at once;
+    the weights sit at the origin, a saddle whose negative curvature the signal has yet to grow."""
+    gen = _seeded(0)
+    x = torch.randn(64, 4, generator=gen, dtype=DTYPE)
+    teacher = mlp(4, 3, 2)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.copy_(1.5 * torch.randn(p.shape, generator=gen, dtype=DTYPE))
+        y = 0.4 * teacher(x) + torch.tensor([1.0, -0.5], dtype=DTYPE)
+    model = mlp(4, 8, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 1e-5, generator=gen)
+    batches = split(x, y, 4)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lr, steps = 0.1, 100
+    save_at = schedule(steps, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= saddle_facts(problem, saved[-1].flat, alpha=0.1)
+    facts["plateau_change_last_half"] = abs(facts["loss_last"] - facts["loss_mid"]) / facts["loss_mid"]
+    escaped = _continue(model, F.mse_loss, (x, y), lr=lr, steps=400)
+    facts["loss_after_400_more_steps"] = problem.value(_flat_params(escaped))
+    return _info(
+        "saddle_point",
+        "tanh_mlp",
+        optimizer="SGD (full-batch GD)",
+        description="tanh MLP from init 1e-5: after the bias fits the mean the loss is flat at ≈0.44, "
+        "‖∇J‖≈0.01, λmin ≈ −0.69 against λmax ≈ 1, the loss falls along its eigenvector, and 400 "
+        "more steps of the same run escape far below the plateau",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# poor_conditioning: the step overshoots the sharpest direction (lr·λmax at or above its
+# stability threshold): full-batch steps go uphill and the loss oscillates without diverging
+# --------------------------------------------------------------------------------------------
+
+
+# Edge-of-stability dynamics are chaotic: these run lengths end each run on a step that goes
+# uphill with the sharpness above its threshold (found by scanning steps 360–420; about half of
+# the late steps qualify). test_builders_exact.py re-verifies both facts.
+STEPS_RELU = 382
+STEPS_MOMENTUM = 384
+STEPS_ADAM = 385
+
+
+def _wave_1d() -> Batch:
+    x = torch.linspace(-2, 2, 64, dtype=DTYPE).reshape(-1, 1)
+    return x, torch.sin(2 * x) + 0.3 * x
+
+
+def _wave_2d(gen: torch.Generator) -> Batch:
+    x = 4 * torch.rand(64, 2, generator=gen, dtype=DTYPE) - 2
+    return x, torch.sin(2 * x[:, :1]) * torch.cos(x[:, 1:])
+
+
+def _conditioning_run(
+    run_dir: Path,
+    model: nn.Module,
+    data: Batch,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    *,
+    lr: float,
+    steps: int,
+    stable_lr: float,
+) -> tuple[list[int], dict[str, float]]:
+    """Full-batch training at too large an lr; facts at the end, and the same run at ``stable_lr``."""
+    gen = torch.Generator().manual_seed(3)
+    order = torch.randperm(64, generator=gen)
+    batches = split(data[0][order], data[1][order], 4)
+    start = copy.deepcopy(model)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    save_at = sorted(set(schedule(steps, 9)) | {steps - 2})
+    train(run_dir, model, F.mse_loss, _full_batch_sampler(data), make_optimizer(model), steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= step_facts(problem, saved[-1])
+    facts |= sharpness_facts(problem, saved[-1])
+    facts["sharpness_previous"] = sharpness_facts(problem, saved[-2])["sharpness"]
+    facts["uphill_rate_last_half"] = uphill_rate(logged_losses(run_dir), steps // 2)
+    late = logged_losses(run_dir)[steps // 2 :]
+    facts["late_loss_max_over_min"] = max(late) / min(late)
+    calm = copy.deepcopy(start)
+    calm_opt = make_optimizer(calm)
+    for group in calm_opt.param_groups:
+        group["lr"] = stable_lr
+    for _ in range(steps):
+        calm_opt.zero_grad()
+        F.mse_loss(calm(data[0]), data[1]).backward()
+        calm_opt.step()
+    facts["stable_lr"] = stable_lr
+    facts["loss_at_stable_lr"] = problem.value(_flat_params(calm))
+    return save_at, facts
+
+
+@scenario("poor_conditioning", "relu_mlp")
+def build_poor_conditioning_relu_mlp(run_dir: Path) -> ScenarioInfo:
+    """Conditioning: full-batch GD on a ReLU MLP at the edge of stability (Cohen et al. 2021):
+    lr·λmax hovers at 2, about half the steps go uphill, and the loss stalls 10× above lr/4's."""
+    gen = _seeded(0)
+    data = _wave_2d(gen)
+    model = mlp(2, 12, 12, 1, act=nn.ReLU)
+    lr = 0.8
+    save_at, facts = _conditioning_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr),
+        lr=lr,
+        steps=STEPS_RELU,
+        stable_lr=lr / 4,
+    )
+    return _info(
+        "poor_conditioning",
+        "relu_mlp",
+        optimizer="SGD (full-batch GD)",
+        description="GD at lr 0.8: lr·λmax ≈ 2.1 > 2, the full-batch step goes uphill, ~half the late "
+        "steps are uphill and the loss oscillates ≈10× above what lr/4 reaches",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("poor_conditioning", "tanh_mlp_momentum")
+def build_poor_conditioning_tanh_mlp_momentum(run_dir: Path) -> ScenarioInfo:
+    """Conditioning with heavy-ball momentum μ = 0.5: lr·λmax at its threshold 2(1+μ) = 3."""
+    _seeded(0)
+    data = _wave_1d()
+    model = mlp(1, 16, 1)
+    lr = 0.35
+    save_at, facts = _conditioning_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.5),
+        lr=lr,
+        steps=STEPS_MOMENTUM,
+        stable_lr=lr / 4,
+    )
+    return _info(
+        "poor_conditioning",
+        "tanh_mlp_momentum",
+        optimizer="SGD(momentum=0.5), full batch",
+        description="heavy ball at lr 0.35: lr·λmax ≈ 3 = 2(1+μ), the real (momentum) step goes "
+        "uphill, the loss spikes and oscillates instead of settling",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("poor_conditioning", "tanh_mlp_adam")
+def build_poor_conditioning_tanh_mlp_adam(run_dir: Path) -> ScenarioInfo:
+    """Conditioning under Adam at too large an lr: the preconditioned sharpness sits at Adam's
+    threshold 38 (Cohen et al. 2022) and the Adam steps oscillate uphill."""
+    _seeded(1)
+    data = _wave_1d()
+    model = mlp(1, 16, 1)
+    lr = 0.1
+    save_at, facts = _conditioning_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+        lr=lr,
+        steps=STEPS_ADAM,
+        stable_lr=lr / 10,
+    )
+    return _info(
+        "poor_conditioning",
+        "tanh_mlp_adam",
+        optimizer="Adam(lr=0.1), full batch",
+        description="Adam at lr 0.1: preconditioned lr·λmax ≈ 38 = (2+2β1)/(1−β1), the real Adam step "
+        "goes uphill and ~40% of late steps do",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+

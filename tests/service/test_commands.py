@@ -1,0 +1,65 @@
+"""`obstacle serve`, `obstacle worker`, `obstacle token create` (the `serve` run itself: tests/workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from conftest_services import make_settings
+from obstacle.cli import app
+from obstacle.service.app import create_app
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def test_help_explains_the_commands() -> None:
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    for command in ("serve", "worker", "token"):
+        assert command in top.output
+    serve = runner.invoke(app, ["serve", "--help"])
+    assert serve.exit_code == 0
+    assert "embedded Redis" in serve.output and "--api-only" in serve.output and "OBSTACLE_BROKER_URL" in serve.output
+    worker = runner.invoke(app, ["worker", "--help"])
+    assert worker.exit_code == 0 and "CUDA" in worker.output
+    token = runner.invoke(app, ["token", "create", "--help"])
+    assert token.exit_code == 0 and "--project" in token.output
+
+
+def test_token_create_gives_a_working_token(
+    database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBSTACLE_DATABASE_URL", database_url)
+    result = runner.invoke(app, ["token", "create", "--project", "cli-project", "--label", "ci"])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().splitlines()[0]
+    assert token.startswith("obst_") and len(token) > 40
+    with TestClient(create_app(make_settings(database_url, redis_url, tmp_path))) as client:
+        response = client.get("/v1/runs", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+
+
+def test_a_bad_configuration_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OBSTACLE_VISIBILITY_TIMEOUT_S", "30")
+    monkeypatch.setenv("OBSTACLE_CHECKPOINT_TIME_LIMIT_S", "60")
+    for command in (["serve"], ["worker"], ["token", "create", "--project", "x"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "OBSTACLE_CHECKPOINT_TIME_LIMIT_S=60 must be below OBSTACLE_VISIBILITY_TIMEOUT_S=30" in result.output
+    monkeypatch.delenv("OBSTACLE_VISIBILITY_TIMEOUT_S")
+    monkeypatch.delenv("OBSTACLE_CHECKPOINT_TIME_LIMIT_S")
+    monkeypatch.setenv("OBSTACLE_PORT", "not-a-port")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "OBSTACLE_PORT" in result.output
+
+
+def test_api_only_and_worker_need_a_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OBSTACLE_BROKER_URL", raising=False)
+    monkeypatch.setenv("OBSTACLE_DATA_DIR", str(tmp_path))
+    for command in (["serve", "--api-only"], ["worker"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "OBSTACLE_BROKER_URL is not set" in result.output
