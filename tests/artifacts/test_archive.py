@@ -476,8 +476,16 @@ def _in_spec_dict_node(program: dict[str, Any]) -> tuple[dict[str, Any], Any]:
             "enum hook",
         ),
         (lambda node: node.update(type="collections.defaultdict"), "imports or looks up"),
+        (
+            # gen_var_bindings pastes dict keys into ExportedProgram.module()'s source as '{k}'.
+            lambda node: node.update(
+                context=json.dumps(["k':0, **__import__('os').system('id') or {}, 'j"]),
+                children_spec=[{"type": None, "context": None, "children_spec": []}],
+            ),
+            "identifier keys",
+        ),
     ],
-    ids=["enum hook", "defaultdict import"],
+    ids=["enum hook", "defaultdict import", "dict key pasted into code"],
 )
 def test_treespec_imports_are_rejected(
     tamper: Tamper, edit: Callable[[dict[str, Any]], None], fragment: str

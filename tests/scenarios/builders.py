@@ -924,7 +924,7 @@ def build_saddle_point_tanh_mlp(run_dir: Path) -> ScenarioInfo:
 # the late steps qualify). test_builders_exact.py re-verifies both facts.
 STEPS_RELU = 382
 STEPS_MOMENTUM = 384
-STEPS_ADAM = 385
+STEPS_ADAM = 395
 
 
 def _wave_1d() -> Batch:
@@ -1034,13 +1034,13 @@ def build_poor_conditioning_tanh_mlp_momentum(run_dir: Path) -> ScenarioInfo:
     )
 
 
-@scenario("poor_conditioning", "tanh_mlp_adam")
-def build_poor_conditioning_tanh_mlp_adam(run_dir: Path) -> ScenarioInfo:
+@scenario("poor_conditioning", "relu_mlp_adam")
+def build_poor_conditioning_relu_mlp_adam(run_dir: Path) -> ScenarioInfo:
     """Conditioning under Adam at too large an lr: the preconditioned sharpness sits at Adam's
-    threshold 38 (Cohen et al. 2022) and the Adam steps oscillate uphill."""
-    _seeded(1)
-    data = _wave_1d()
-    model = mlp(1, 16, 1)
+    threshold (2+2β1)/(1−β1) = 38 (Cohen et al. 2022) and the Adam steps oscillate uphill."""
+    gen = _seeded(0)
+    data = _wave_2d(gen)
+    model = mlp(2, 12, 12, 1, act=nn.ReLU)
     lr = 0.1
     save_at, facts = _conditioning_run(
         run_dir,
@@ -1053,10 +1053,151 @@ def build_poor_conditioning_tanh_mlp_adam(run_dir: Path) -> ScenarioInfo:
     )
     return _info(
         "poor_conditioning",
-        "tanh_mlp_adam",
+        "relu_mlp_adam",
         optimizer="Adam(lr=0.1), full batch",
-        description="Adam at lr 0.1: preconditioned lr·λmax ≈ 38 = (2+2β1)/(1−β1), the real Adam step "
-        "goes uphill and ~40% of late steps do",
+        description="Adam at lr 0.1: preconditioned lr·λmax ≈ 39 ≥ 38 = (2+2β1)/(1−β1), the real Adam "
+        "step goes uphill, ~half the late steps do, and the loss stays ≈10× above lr/10's",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# gradient_noise: small batches with label noise; the loss floats on a noise floor far above the
+# full-batch run's, the full-batch step goes downhill while minibatch steps go uphill
+# --------------------------------------------------------------------------------------------
+
+
+# Large but stable learning rates (lr·λmax ≈ 0.5–1 < 2): big enough that the noise sets the floor.
+NOISE_LR_LINEAR = 0.1
+NOISE_LR_MLP = 0.3
+NOISE_LR_ADAM = 0.03
+
+
+def _noise_run(
+    run_dir: Path,
+    model: nn.Module,
+    data: Batch,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    *,
+    lr: float,
+    steps: int,
+    batch_size: int,
+) -> tuple[list[int], dict[str, float]]:
+    """Minibatch training on ``data`` (= the probe's K batches); facts over the late checkpoints and
+    the same run with full-batch gradients as the reference of what the noise costs."""
+    batches = split(*data, data[0].shape[0] // batch_size)
+    start = copy.deepcopy(model)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    save_at = schedule(steps, 10)
+    sample = random_minibatches(data, batch_size, seed=4)
+    train(run_dir, model, F.mse_loss, sample, make_optimizer(model), steps=steps, save_at=save_at, lr=lr)
+    saved, facts = trajectory(problem, run_dir, save_at)
+    late = [s for s in saved if s.step >= steps // 2]
+    per = [step_facts(problem, s) for s in late]
+    facts["late_checkpoints"] = float(len(late))
+    facts["late_full_step_dJ_max"] = max(p["full_step_dJ"] for p in per)
+    facts["late_minibatch_uphill_fraction"] = float(np.mean([p["minibatch_uphill_fraction"] for p in per]))
+    facts["late_minibatch_dJ_mean"] = float(np.mean([p["minibatch_dJ_mean"] for p in per]))
+    facts["late_full_step_dJ_mean"] = float(np.mean([p["full_step_dJ"] for p in per]))
+    facts["late_loss_mean"] = float(np.mean([problem.value(s.flat) for s in late]))
+    facts["plateau_ratio"] = facts["loss_mid"] / facts["late_loss_mean"]
+    facts |= noise_facts(problem, saved[-1].flat)
+    facts |= sharpness_facts(problem, saved[-1])
+    reference = copy.deepcopy(start)
+    ref_opt = make_optimizer(reference)
+    for _ in range(steps):
+        ref_opt.zero_grad()
+        F.mse_loss(reference(data[0]), data[1]).backward()
+        ref_opt.step()
+    facts["full_batch_run_loss"] = problem.value(_flat_params(reference))
+    facts["floor_over_full_batch"] = facts["late_loss_mean"] / facts["full_batch_run_loss"]
+    return save_at, facts
+
+
+@scenario("gradient_noise", "linear_regression")
+def build_gradient_noise_linear_regression(run_dir: Path) -> ScenarioInfo:
+    """Noise: linear regression with label noise, SGD on minibatches of 2 at a large (but stable,
+    lr·λmax < 2) learning rate: the loss floats on a floor set by the gradient noise."""
+    gen = _seeded(0)
+    x = torch.randn(16, 8, generator=gen, dtype=DTYPE)
+    w = torch.randn(8, 1, generator=gen, dtype=DTYPE)
+    y = x @ w + 0.5 * torch.randn(16, 1, generator=gen, dtype=DTYPE)
+    model = nn.Linear(8, 1).double()
+    lr = NOISE_LR_LINEAR
+    save_at, facts = _noise_run(
+        run_dir, model, (x, y), lambda m: torch.optim.SGD(m.parameters(), lr=lr), lr=lr, steps=600, batch_size=2
+    )
+    design = torch.cat([x, torch.ones(16, 1, dtype=DTYPE)], dim=1)
+    facts["least_squares_loss"] = float(F.mse_loss(design @ torch.linalg.lstsq(design, y).solution, y))
+    return _info(
+        "gradient_noise",
+        "linear_regression",
+        optimizer="SGD, batch 2",
+        description="batch 2 with label noise: full-batch steps downhill at every late checkpoint, "
+        "about half the minibatch steps uphill (on average they gain nothing), lr·λmax ≈ 0.5, "
+        "loss floor ≈3× the least-squares loss the full-batch run reaches",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+def _noisy_wave(gen: torch.Generator) -> Batch:
+    x = torch.randn(32, 3, generator=gen, dtype=DTYPE)
+    w = torch.randn(3, 1, generator=gen, dtype=DTYPE)
+    return x, torch.sin(x @ w) + 0.5 * torch.randn(32, 1, generator=gen, dtype=DTYPE)
+
+
+@scenario("gradient_noise", "tanh_mlp")
+def build_gradient_noise_tanh_mlp(run_dir: Path) -> ScenarioInfo:
+    """Noise: a tanh MLP with label noise, SGD on minibatches of 4."""
+    gen = _seeded(0)
+    data = _noisy_wave(gen)
+    model = mlp(3, 8, 1)
+    lr = NOISE_LR_MLP
+    save_at, facts = _noise_run(
+        run_dir, model, data, lambda m: torch.optim.SGD(m.parameters(), lr=lr), lr=lr, steps=1000, batch_size=4
+    )
+    return _info(
+        "gradient_noise",
+        "tanh_mlp",
+        optimizer="SGD, batch 4",
+        description="batch 4 with label noise: full-batch steps downhill, minibatch steps often uphill, "
+        "lr·λmax < 2, loss floor many times the full-batch run's",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("gradient_noise", "tanh_mlp_adam")
+def build_gradient_noise_tanh_mlp_adam(run_dir: Path) -> ScenarioInfo:
+    """Noise under Adam (β1 = 0, so each step is its own minibatch's): batch 4 with label noise."""
+    gen = _seeded(0)
+    data = _noisy_wave(gen)
+    model = mlp(3, 8, 1)
+    lr = NOISE_LR_ADAM
+    save_at, facts = _noise_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.Adam(m.parameters(), lr=lr, betas=(0.0, 0.999)),
+        lr=lr,
+        steps=1000,
+        batch_size=4,
+    )
+    return _info(
+        "gradient_noise",
+        "tanh_mlp_adam",
+        optimizer="Adam(lr=0.03, betas=(0, 0.999)), batch 4",
+        description="Adam on batch 4 with label noise: the Adam step from the full gradient goes downhill "
+        "at every late checkpoint, from a minibatch gradient often uphill; preconditioned sharpness "
+        "below its threshold 2; loss floor many times the full-batch run's",
         target_loss=None,
         lr=lr,
         steps=save_at,

@@ -59,7 +59,6 @@ def test_upload_analyse_and_get_the_local_verdict(
         assert [o["kind"] for o in remote["verdict"]["obstacles"]] == [o["kind"] for o in local["verdict"]["obstacles"]]
         assert [o["kind"] for o in remote["verdict"]["ruled_out"]] == [o["kind"] for o in local["verdict"]["ruled_out"]]
 
-        print("REPORT FILES", result["report_files"], result["_progress_seen"], time.monotonic())
         if result["report_files"]:
             html = client.get(f"/v1/analyses/{result['id']}/report.html", headers=tenant.headers)
             assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")

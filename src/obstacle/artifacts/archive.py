@@ -37,7 +37,8 @@ rule here that covers it:
    are ``int()``-parsed and drive a loop of that many iterations. Rule: symbol-name grammar with
    at most six digits.
 10. ``guards_code`` → ``torch.export._unlift._convert_guards_code_to_fn`` pastes each string into
-    Python source that is ``exec``uted when ``ExportedProgram.module()`` runs with example inputs.
+    Python source that ``ExportedProgram.module()`` ``exec``s (when the program carries example
+    inputs) and calls on every forward.
     torch 2.13 *does* write benign guards for a dynamic batch (``L['x'].size()[0] ==
     L['y'].size()[0]``), so each string must match a strict guard grammar (``_GuardParser``).
 11. ``Node.target`` → ``deserialize_operator`` walks attributes from ``torch``, ``operator`` or
@@ -53,13 +54,15 @@ rule here that covers it:
     Python identifier (no keyword, no leading ``__``); FQNs are dotted ``[A-Za-z0-9_]`` segments.
 13. ``module_call_graph[*].signature.in_spec``/``out_spec`` → ``treespec_loads``: a ``defaultdict``
     node ``importlib.import_module``s the module named in the file, and ``enum_object_hook``
-    imports ``{"__enum__": …, "fqn": "module:Class"}`` objects in any context. Rule: treespecs use
-    only tuple, list, dict and OrderedDict nodes whose contexts are JSON lists of scalars;
-    ``treespec_namedtuple_fields`` must be empty.
+    imports ``{"__enum__": …, "fqn": "module:Class"}`` objects in any context; ``module()`` then
+    pastes dict keys (``'{key}': …``) and ``forward_arg_names`` into generated source. Rule:
+    treespecs use only tuple, list, dict and OrderedDict nodes, dict contexts list identifier
+    keys, argument names are identifiers, and ``treespec_namedtuple_fields`` is empty.
 14. Node metadata: ``source_fn_stack`` targets are resolved by ``getattr`` walks like node
-    targets; ``custom`` and ``from_node`` are ``json.loads``ed; ``nn_module_stack``, ``torch_fn``
-    and ``stack_trace`` are split and stored. Rule: allow-listed keys, a strict ``source_fn_stack``
-    grammar, bounded JSON, and text without control characters.
+    targets; ``custom`` and ``from_node`` are ``json.loads``ed; ``nn_module_stack`` module paths
+    become submodule names in ``torch.export.unflatten``; ``torch_fn`` and ``stack_trace`` are
+    only stored. Rule: allow-listed keys, strict ``source_fn_stack`` and ``nn_module_stack``
+    grammars, bounded JSON, and text without control characters.
 15. ``verifiers`` → ``load_verifier`` (a registry lookup); ``graph_module.metadata["custom"]`` →
     ``json.loads``. Rule: verifiers are ``"ATEN"``; the metadata holds at most bounded JSON.
 16. The JSON documents: ``json.loads`` (unbounded depth, last duplicate key wins) then
@@ -151,7 +154,11 @@ _DEVICE_TYPES = {"cpu", "cuda"}
 
 @dataclass(frozen=True)
 class ArchiveSummary:
-    """What a valid program archive holds."""
+    """What a valid program archive holds.
+
+    ``operators`` are the sorted, distinct node targets as torch serializes them
+    (``torch.ops.aten.addmm.default``, ``_operator.mul``), all in ``ALLOWED_OPERATORS``.
+    """
 
     entry_count: int
     uncompressed_bytes: int
@@ -220,7 +227,7 @@ class _ArchiveValidator:
         self.root = ""
         self.zip: zipfile.ZipFile
 
-    def fail(self, entry: str | None, problem: str, fix: str) -> NoReturn:
+    def fail(self, entry: str | None, problem: str, fix: str = _RECAPTURE) -> NoReturn:
         where = f"{self.label}: entry '{entry}'" if entry is not None else f"{self.label}:"
         raise UnsafeArchiveError(f"{where} {problem}. {fix}", entry=entry)
 
@@ -323,7 +330,6 @@ class _ArchiveValidator:
             self.fail(
                 None,
                 f"carries a {len(archive.comment)}-byte zip comment; torch.export.save writes none",
-                _RECAPTURE,
             )
         total = self._check_names_and_sizes(infos)
         self._check_layout(infos, archive.start_dir)
@@ -370,7 +376,6 @@ class _ArchiveValidator:
                 self.fail(
                     name,
                     "appears twice in the zip directory (readers disagree about which copy counts)",
-                    _RECAPTURE,
                 )
             seen.add(name)
             if len(parts) < 2:
@@ -387,7 +392,7 @@ class _ArchiveValidator:
                     f"{_RECAPTURE}; torch.export.save puts every entry under one folder",
                 )
             if info.flag_bits & 0x1:
-                self.fail(name, "is encrypted", _RECAPTURE)
+                self.fail(name, "is encrypted")
             total += info.file_size
             if total > self.limits.max_bytes:
                 self.fail(
@@ -416,7 +421,7 @@ class _ArchiveValidator:
     def _check_layout(self, infos: list[zipfile.ZipInfo], directory_start: int) -> None:
         """No bytes before the first entry, and no two entries sharing bytes."""
         if not infos:
-            self.fail(None, "is an empty zip file", _RECAPTURE)
+            self.fail(None, "is an empty zip file")
         ordered = sorted(infos, key=lambda info: info.header_offset)
         if ordered[0].header_offset != 0:
             self.fail(
@@ -459,11 +464,7 @@ class _ArchiveValidator:
             entries[relative] = info
         for relative in _REQUIRED:
             if relative not in entries:
-                self.fail(
-                    self._entry(relative),
-                    "is missing; torch.export.save always writes it",
-                    _RECAPTURE,
-                )
+                self.fail(self._entry(relative), "is missing; torch.export.save always writes it")
         return entries
 
     def _read_entries(
@@ -487,7 +488,6 @@ class _ArchiveValidator:
                         info.filename,
                         f"holds {data[:64]!r}, not what torch.export.save writes there "
                         f"(expected {_SMALL_ENTRIES[relative].pattern!r}, a little-endian archive)",
-                        _RECAPTURE,
                     )
                 kept[relative] = data
             elif relative in _JSON_ENTRIES:
@@ -575,10 +575,9 @@ class _ArchiveValidator:
                     f"{where}.path_name",
                     f"names {kind} payload {path_name!r}, which is not a "
                     f"'{directory}/{kind_prefix}<n>' entry of this archive",
-                    _RECAPTURE,
                 )
             if fields["tensor_meta"] is None:
-                checker.fail(f"{where}.tensor_meta", "is null for a raw tensor", _RECAPTURE)
+                checker.fail(f"{where}.tensor_meta", "is null for a raw tensor")
             dtype, needed = checker.payload_tensor_meta(
                 fields["tensor_meta"], f"{where}.tensor_meta"
             )
@@ -588,7 +587,6 @@ class _ArchiveValidator:
                     f"{where}.tensor_meta.dtype",
                     f"views '{payload}' with dtype code {dtype} while another entry uses "
                     f"{previous[0]}",
-                    _RECAPTURE,
                 )
             needs[path_name] = (dtype, max(needed, previous[1] if previous else 0))
         for path_name, info in files.items():
@@ -681,27 +679,27 @@ class _JsonChecker:
         self.archive = archive
         self.entry = entry
 
-    def fail(self, where: str, problem: str, fix: str) -> NoReturn:
+    def fail(self, where: str, problem: str, fix: str = _RECAPTURE) -> NoReturn:
         self.archive.fail(self.entry, f"at {where}: {problem}" if where else problem, fix)
 
     def load(self, raw: bytes) -> Any:
         try:
             return _parse_json(raw.decode("utf-8"), max_depth=_MAX_JSON_DEPTH)
         except (UnicodeDecodeError, ValueError) as exc:
-            self.fail("", f"is not valid, bounded JSON ({exc})", _RECAPTURE)
+            self.fail("", f"is not valid, bounded JSON ({exc})")
 
     def embedded_json(self, text: str, where: str) -> Any:
         try:
             return _parse_json(text, max_depth=_MAX_JSON_DEPTH)
         except ValueError as exc:
-            self.fail(where, f"is not valid, bounded JSON ({exc})", _RECAPTURE)
+            self.fail(where, f"is not valid, bounded JSON ({exc})")
 
     def record(
         self, value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
         """A JSON object with exactly the ``required`` keys and some of the ``optional`` ones."""
         if not isinstance(value, dict):
-            self.fail(where, f"must be an object, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be an object, got {_kind(value)}")
         unknown = set(value) - required - optional
         if unknown:
             self.fail(
@@ -711,39 +709,36 @@ class _JsonChecker:
             )
         missing = required - set(value)
         if missing:
-            self.fail(where, f"lacks the keys {sorted(missing)}", _RECAPTURE)
+            self.fail(where, f"lacks the keys {sorted(missing)}")
         return value
 
     def union(self, value: Any, where: str, allowed: frozenset[str]) -> tuple[str, Any]:
         """A one-key object (torch's tagged union); the key must be in ``allowed``."""
         if not isinstance(value, dict) or len(value) != 1:
-            self.fail(where, f"must be a one-key object, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be a one-key object, got {_kind(value)}")
         ((key, inner),) = value.items()
         if key not in allowed:
             self.fail(
                 where,
                 f"is a {key!r} value, which a probe program never needs (allowed: {sorted(allowed)})",
-                _RECAPTURE,
             )
         return key, inner
 
     def mapping(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            self.fail(where, f"must be an object, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be an object, got {_kind(value)}")
         return value
 
     def sequence(self, value: Any, where: str) -> list[Any]:
         if not isinstance(value, list):
-            self.fail(where, f"must be a list, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be a list, got {_kind(value)}")
         return value
 
     def string(self, value: Any, where: str, *, max_chars: int = _MAX_NAME_CHARS) -> str:
         if not isinstance(value, str):
-            self.fail(where, f"must be a string, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be a string, got {_kind(value)}")
         if len(value) > max_chars:
-            self.fail(
-                where, f"is {len(value)} characters, over the limit of {max_chars}", _RECAPTURE
-            )
+            self.fail(where, f"is {len(value)} characters, over the limit of {max_chars}")
         return value
 
     def text(self, value: Any, where: str) -> str:
@@ -760,15 +755,15 @@ class _JsonChecker:
 
     def integer(self, value: Any, where: str, *, low: int = -_INT64, high: int = _INT64 - 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(where, f"must be an integer, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be an integer, got {_kind(value)}")
         if not low <= value <= high:
-            self.fail(where, f"is {value}, outside [{low}, {high}]", _RECAPTURE)
+            self.fail(where, f"is {value}, outside [{low}, {high}]")
         return value
 
     def choice(self, value: Any, where: str, allowed: set[int], what: str) -> int:
         number = self.integer(value, where)
         if number not in allowed:
-            self.fail(where, f"is {what} code {number}, not one of {sorted(allowed)}", _RECAPTURE)
+            self.fail(where, f"is {what} code {number}, not one of {sorted(allowed)}")
         return number
 
     def number(self, value: Any, where: str) -> None:
@@ -776,11 +771,11 @@ class _JsonChecker:
         if isinstance(value, str) and value in ("Infinity", "-Infinity", "NaN"):
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(where, f"must be a number, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be a number, got {_kind(value)}")
 
     def boolean(self, value: Any, where: str) -> bool:
         if not isinstance(value, bool):
-            self.fail(where, f"must be true or false, got {_kind(value)}", _RECAPTURE)
+            self.fail(where, f"must be true or false, got {_kind(value)}")
         return value
 
     def identifier(self, value: Any, where: str) -> str:
@@ -790,7 +785,6 @@ class _JsonChecker:
                 where,
                 f"is the name {name[:80]!r}, which is not a plain Python identifier (torch pastes "
                 "names into the Python source it generates and executes)",
-                _RECAPTURE,
             )
         return name
 
@@ -801,7 +795,6 @@ class _JsonChecker:
                 where,
                 f"is the qualified name {name[:80]!r}, which is not dotted [A-Za-z0-9_] segments "
                 "(torch pastes these names into generated Python source)",
-                _RECAPTURE,
             )
         return name
 
@@ -809,11 +802,7 @@ class _JsonChecker:
         fields = self.record(value, where, {"type"}, frozenset({"index"}))
         kind = self.string(fields["type"], f"{where}.type")
         if kind not in _DEVICE_TYPES:
-            self.fail(
-                f"{where}.type",
-                f"is device {kind!r}, not one of {sorted(_DEVICE_TYPES)}",
-                _RECAPTURE,
-            )
+            self.fail(f"{where}.type", f"is device {kind!r}, not one of {sorted(_DEVICE_TYPES)}")
         if fields.get("index") is not None:
             self.integer(fields["index"], f"{where}.index", low=0, high=1023)
 
@@ -834,7 +823,7 @@ class _JsonChecker:
         ]
         offset = self._concrete(fields["storage_offset"], f"{where}.storage_offset")
         if len(sizes) != len(strides):
-            self.fail(where, f"has {len(sizes)} sizes but {len(strides)} strides", _RECAPTURE)
+            self.fail(where, f"has {len(sizes)} sizes but {len(strides)} strides")
         if any(size == 0 for size in sizes):
             return dtype, 0
         elements = (
@@ -949,15 +938,11 @@ class _ProgramChecker(_JsonChecker):
         verifiers = self.sequence(program.get("verifiers", []), "verifiers")
         for i, verifier in enumerate(verifiers):
             if verifier not in ("ATEN", ""):
-                self.fail(
-                    f"verifiers[{i}]",
-                    f"is {verifier!r}; a decomposed probe uses 'ATEN'",
-                    _RECAPTURE,
-                )
+                self.fail(f"verifiers[{i}]", f"is {verifier!r}; a decomposed probe uses 'ATEN'")
         self.string(program.get("torch_version", ""), "torch_version", max_chars=64)
         guards = self.sequence(program.get("guards_code", []), "guards_code")
         if len(guards) > _MAX_GUARDS:
-            self.fail("guards_code", f"holds {len(guards)} guards, over {_MAX_GUARDS}", _RECAPTURE)
+            self.fail("guards_code", f"holds {len(guards)} guards, over {_MAX_GUARDS}")
         for i, guard in enumerate(guards):
             self._guard(guard, f"guards_code[{i}]")
         self._graph_module(program["graph_module"], payload_names)
@@ -979,7 +964,6 @@ class _ProgramChecker(_JsonChecker):
                 self.fail(
                     "opset_version",
                     f"names the operator namespace {namespace[:80]!r}; a probe uses only 'aten'",
-                    _RECAPTURE,
                 )
             self.integer(version, "opset_version.aten", low=0, high=1 << 20)
 
@@ -992,7 +976,6 @@ class _ProgramChecker(_JsonChecker):
                 where,
                 "is keyed by a name that is not a shape symbol (like 's0'; unbacked 'u<n>'/"
                 "'zuf<n>' take at most six digits, torch loops over them)",
-                _RECAPTURE,
             )
         fields = self.record(bounds, where, {"min_val", "max_val"})
         for key in ("min_val", "max_val"):
@@ -1026,9 +1009,7 @@ class _ProgramChecker(_JsonChecker):
         for key, text in metadata.items():
             if key != "custom":
                 self.fail(
-                    "graph_module.metadata",
-                    f"has the key {key[:80]!r}; only 'custom' is known",
-                    _RECAPTURE,
+                    "graph_module.metadata", f"has the key {key[:80]!r}; only 'custom' is known"
                 )
             custom = self.string(text, "graph_module.metadata.custom", max_chars=_MAX_TEXT_CHARS)
             self.embedded_json(custom, "graph_module.metadata.custom")
@@ -1037,7 +1018,6 @@ class _ProgramChecker(_JsonChecker):
             self.fail(
                 "graph_module.treespec_namedtuple_fields",
                 "declares namedtuple types; probe inputs and outputs are plain tuples of tensors",
-                _RECAPTURE,
             )
 
     # -- the graph --
@@ -1053,7 +1033,6 @@ class _ProgramChecker(_JsonChecker):
             self.fail(
                 f"{where}.custom_obj_values",
                 "declares custom (script/torchbind) objects; a probe holds plain tensors only",
-                _RECAPTURE,
             )
         self.boolean(
             fields.get("is_single_tensor_return", False), f"{where}.is_single_tensor_return"
@@ -1112,9 +1091,7 @@ class _ProgramChecker(_JsonChecker):
             here = f"{where}.{key}"
             if key not in _METADATA_KEYS:
                 self.fail(
-                    where,
-                    f"has the key {key[:80]!r}; known keys are {sorted(_METADATA_KEYS)}",
-                    _RECAPTURE,
+                    where, f"has the key {key[:80]!r}; known keys are {sorted(_METADATA_KEYS)}"
                 )
             text = self.text(value, here)
             if key in ("from_node", "custom"):
@@ -1131,7 +1108,6 @@ class _ProgramChecker(_JsonChecker):
                             here,
                             f"holds {item[:80]!r}, not 'key,module.path,type' with a dotted "
                             "module path (torch.export.unflatten pastes these paths into code)",
-                            _RECAPTURE,
                         )
             elif key == "source_fn_stack":
                 for item in text.split(";"):
@@ -1140,7 +1116,6 @@ class _ProgramChecker(_JsonChecker):
                             here,
                             f"holds {item[:80]!r}; torch resolves it by attribute lookup and it is "
                             "not 'name,dotted.target'",
-                            _RECAPTURE,
                         )
 
     def _tensor_meta(self, value: Any, where: str) -> None:
@@ -1194,7 +1169,7 @@ class _ProgramChecker(_JsonChecker):
         if isinstance(value, dict) and len(value) == 1:
             (kind,) = value
             if kind in _FORBIDDEN_ARGUMENTS and kind not in allowed:
-                self.fail(where, _FORBIDDEN_ARGUMENTS[kind], _RECAPTURE)
+                self.fail(where, _FORBIDDEN_ARGUMENTS[kind])
         kind, inner = self.union(value, where, allowed)
         here = f"{where}.{kind}"
         check = _ARGUMENT_CHECKS[kind]
@@ -1241,7 +1216,6 @@ class _ProgramChecker(_JsonChecker):
                 where,
                 f"is a {next(iter(spec))!r} input: a custom (script) object or an effect token, "
                 "which a probe never takes",
-                _RECAPTURE,
             )
         kind, inner = self.union(spec, where, _INPUT_SPECS)
         here = f"{where}.{kind}"
@@ -1265,12 +1239,11 @@ class _ProgramChecker(_JsonChecker):
             self.fail(
                 f"{here}.{key}",
                 f"names {target!r}, which neither the weights nor the constants config holds",
-                _RECAPTURE,
             )
 
     def _output_spec(self, spec: Any, where: str) -> None:
         if isinstance(spec, dict) and "token" in spec:
-            self.fail(where, "is an effect-token output, which a probe never returns", _RECAPTURE)
+            self.fail(where, "is an effect-token output, which a probe never returns")
         kind, inner = self.union(spec, where, _OUTPUT_SPECS)
         here = f"{where}.{kind}"
         if kind == "user_output":
@@ -1308,7 +1281,7 @@ class _ProgramChecker(_JsonChecker):
             text = self.string(signature[key], f"{here}.{key}", max_chars=_MAX_TEXT_CHARS)
             spec = self.embedded_json(text, f"{here}.{key}")
             if not isinstance(spec, list) or len(spec) != 2 or spec[0] != 1:
-                self.fail(f"{here}.{key}", "is not a protocol-1 treespec [1, {...}]", _RECAPTURE)
+                self.fail(f"{here}.{key}", "is not a protocol-1 treespec [1, {...}]")
             self._treespec(spec[1], f"{here}.{key}", 0)
         names = signature.get("forward_arg_names")
         if names is not None:
@@ -1316,34 +1289,40 @@ class _ProgramChecker(_JsonChecker):
                 self.identifier(name, f"{here}.forward_arg_names[{i}]")
 
     def _treespec(self, value: Any, where: str, depth: int) -> None:
+        """A pytree spec node: a leaf, a tuple/list, or a dict whose keys are identifiers."""
         if depth > _MAX_JSON_DEPTH:
-            self.fail(where, "nests treespecs too deeply", _RECAPTURE)
+            self.fail(where, "nests treespecs too deeply")
         node = self.record(value, where, {"type", "context", "children_spec"})
         kind, context = node["type"], node["context"]
+        children = self.sequence(node["children_spec"], f"{where}.children_spec")
         if kind not in _TREESPEC_TYPES:
             self.fail(
                 where,
                 f"has a {str(kind)[:80]!r} treespec node; torch imports or looks up such types "
                 "(only tuple, list, dict and OrderedDict are allowed)",
-                _RECAPTURE,
             )
-        if context is not None:
-            parsed = self.embedded_json(
-                self.string(context, where, max_chars=_MAX_TEXT_CHARS), where
+        if kind is None:
+            if context is not None or children:
+                self.fail(where, "is a leaf treespec with a context or children")
+            return
+        text = self.string(context, f"{where}.context", max_chars=_MAX_TEXT_CHARS)
+        keys = self.embedded_json(text, f"{where}.context")
+        if kind in ("builtins.tuple", "builtins.list"):
+            keys_ok = keys is None
+        else:
+            keys_ok = (
+                isinstance(keys, list)
+                and len(keys) == len(children)
+                and all(isinstance(key, str) and _is_identifier(key) for key in keys)
             )
-            scalars = (str, int, float, bool, type(None))
-            if parsed is not None and not (
-                isinstance(parsed, list) and all(isinstance(item, scalars) for item in parsed)
-            ):
-                self.fail(
-                    where,
-                    "has a treespec context that is not a list of plain keys (objects in it "
-                    "reach torch's enum hook, which imports modules)",
-                    _RECAPTURE,
-                )
-        elif kind is not None:
-            self.fail(where, "has a container treespec node without context", _RECAPTURE)
-        for i, child in enumerate(self.sequence(node["children_spec"], f"{where}.children_spec")):
+        if not keys_ok:
+            self.fail(
+                f"{where}.context",
+                f"is {text[:80]!r}; a tuple or list context is null and a dict context lists "
+                "identifier keys (objects reach torch's enum hook, which imports modules, and "
+                "ExportedProgram.module() pastes dict keys into generated code)",
+            )
+        for i, child in enumerate(children):
             self._treespec(child, f"{where}.children_spec[{i}]", depth + 1)
 
 

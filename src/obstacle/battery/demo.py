@@ -47,18 +47,23 @@ def healthy_digits(run_dir: Path) -> None:
 
 
 def saddle_deep_linear(run_dir: Path) -> None:
-    """A 3-layer linear network from a tiny initialisation: stuck on the saddle at the origin."""
+    """A linear network with one hidden layer from a tiny initialisation (Saxe et al. 2014).
+
+    The origin is a strict saddle: the Hessian there has eigenvalues ±σ_i of the input-output
+    covariance, so the loss sits on a plateau until the weights grow out along its top mode.
+    (With two hidden layers the origin is a degenerate saddle, flat to second order.)
+    """
     torch.manual_seed(1)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(256, 6, generator=g, dtype=torch.float64)
     w = torch.randn(6, 4, generator=g, dtype=torch.float64)
     y = x @ w
     model = nn.Sequential(
-        nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)
+        nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)
     ).double()
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(1e-3 / p.norm())
+            p.mul_(1e-4 / p.norm())
     batches = [(x[i * 64 : (i + 1) * 64], y[i * 64 : (i + 1) * 64]) for i in range(4)]
     obstacle.Probe.capture(model, F.mse_loss, batches).save(run_dir)
     lr = 0.02

@@ -88,7 +88,7 @@ def _quadratic(
 
 
 def test_indefinite_quadratic_has_known_extremes_and_a_descending_escape() -> None:
-    engine, model, _ = _quadratic([-1.0, 0.5, 1.0, 2.0, 3.0])
+    engine, model, _ = _quadratic([-1.0, 0.5, 1.0, 2.0, 3.0], point=3.0)
     record = NegativeCurvature()(_context(engine, model))
     assert set(record) == RECORD_KEYS
     # Tolerance: 5×5 in float64, Lanczos is exact to rounding.
@@ -231,9 +231,9 @@ def test_preconditioned_sharpness_of_adam_on_a_quadratic() -> None:
     carry: dict[str, Any] = {}
     record = NegativeCurvature()(_context(engine, model, lr=0.01, options=options, carry=carry))
     pre = record["preconditioned"]
-    # Tolerance: 5×5 in float64, exact to rounding.
-    assert pre["lambda_max"] == pytest.approx(float(exact), rel=1e-10)
-    assert pre["lr_lambda_max"] == pytest.approx(0.01 * float(exact), rel=1e-10)
+    # Tolerance: only λmax has to converge, to the default tol = 1e-3 relative.
+    assert pre["lambda_max"] == pytest.approx(float(exact), rel=1e-3)
+    assert pre["lr_lambda_max"] == pytest.approx(0.01 * pre["lambda_max"], rel=1e-12)
     assert pre["threshold"] == pytest.approx(38.0) and pre["converged"] is True
     assert record["stability_threshold"] is None  # lr·λmax(H) vs 2 says nothing about Adam
     assert "preconditioned_ritz_vectors" in carry

@@ -319,10 +319,13 @@ def poor_conditioning(facts: RunFacts, t: Thresholds) -> Finding:
     bouncing = finite(facts.uphill_rate) and facts.uphill_rate >= t.uphill_rate
     full_uphill = finite(full_up) and full_up >= t.full_step_uphill_fraction
     stalled = facts.plateau or bouncing
-    if not at_edge and not full_uphill:
+    if not at_edge:
+        # Below the threshold a plain-SGD step cannot go uphill along the gradient (that needs
+        # lr·gᵀHg/gᵀg > 2 ≤ lr·λmax); a momentum step that overshoots there is ordinary
+        # momentum, not a step too large for the curvature.
         f.reason = (
-            f"{label} peaks at {fmt(worst)}× its stability threshold in the late checkpoints and the "
-            "full-batch step goes downhill: the step fits the curvature"
+            f"{label} peaks at {fmt(worst)}× its stability threshold in the late checkpoints "
+            f"(the edge is {fmt(t.edge_of_stability)}×): the step fits the curvature"
         )
         return f
     if not (full_uphill or stalled):
@@ -439,7 +442,8 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
         return f
     growth = norms[-1] / norms[half] - 1.0
     monotone = all(b >= a for a, b in zip(norms[half:], norms[half + 1 :], strict=False))
-    descending = finite(facts.late_progress) and facts.late_progress > 0
+    # "Creeping down" is real progress, not a plateau: ~1/t decay loses a third over the last third.
+    descending = finite(facts.late_progress) and not facts.plateau
     if not (growth >= t.norm_growth and monotone and descending):
         f.reason = (
             f"‖θ‖ grew {fmt(100 * growth)}% over the second half"
@@ -473,9 +477,9 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
         f"while the loss keeps creeping down ({fmt(100 * facts.late_progress)}% over the late window) toward {fmt(facts.last_loss)}",
         facts.last_loss,
     )
-    if finite(cos):
+    if outward:
         f.add("gradient", f"cos(−g, θ) = {fmt(-cos)}: descent pushes the weights outward", -cos)
-    if finite(fade):
+    if fading:
         f.add("lanczos", f"λmax faded to {fmt(fade)} of its peak", fade)
     return f
 

@@ -60,9 +60,10 @@ class Thresholds:
     """Probe loss rising between a quarter or more of consecutive checkpoints is not the odd
     bump: the run is bouncing."""
 
-    full_step_uphill_fraction: float = 1 / 3
-    """The full-batch step going uphill at a third or more of the late checkpoints means the
-    step itself is too large for the curvature, whatever the noise."""
+    full_step_uphill_fraction: float = 0.5
+    """The full-batch step going uphill at half or more of the late checkpoints means the step
+    itself is too large for the curvature, whatever the noise (one uphill step in a short late
+    window is the ordinary overshoot of momentum)."""
 
     # -- noise -----------------------------------------------------------------------------------
     minibatch_uphill_fraction: float = 0.3
