@@ -331,15 +331,20 @@ class Process:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str], str], Process]]:
+def processes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Start processes that are stopped at the end of the test: ``start(argv, env, name)``."""
     started: list[Process] = []
 
-    def start(argv: list[str], env: dict[str, str], name: str) -> Process:
+    def start(argv: list[str], env: dict[str, str], name: str, cwd: Path | None = None) -> Process:
         log = tmp_path / f"{name}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
-            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         handle.close()
         process = Process(popen, log)
@@ -351,9 +356,7 @@ def processes(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str], s
         process.stop()
 
 
-def start_worker(
-    start: Callable[[list[str], dict[str, str], str], Process], settings: Settings, name: str
-) -> Process:
+def start_worker(start: Callable[..., Process], settings: Settings, name: str) -> Process:
     """``obstacle worker`` (one solo process), returned once it takes tasks."""
     argv = [*OBSTACLE_CLI, "worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"]
     worker = start(argv, service_env(settings), name)
@@ -361,9 +364,7 @@ def start_worker(
     return worker
 
 
-def start_api(
-    start: Callable[[list[str], dict[str, str], str], Process], settings: Settings
-) -> str:
+def start_api(start: Callable[..., Process], settings: Settings) -> str:
     """``obstacle serve --api-only`` on a free port; its base URL once it answers."""
     argv = [*OBSTACLE_CLI, "serve", "--api-only", "--port", "0"]
     api = start(argv, service_env(settings), "api")

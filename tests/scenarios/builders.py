@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import math
 import time
@@ -68,6 +69,7 @@ class ScenarioInfo:
     steps: list[int]
     facts: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +242,8 @@ def optimizer_step(saved: Saved, g: Tensor) -> Tensor:
         m = b1 * state.get("exp_avg", torch.zeros_like(g)) + (1 - b1) * g
         v = b2 * state.get("exp_avg_sq", torch.zeros_like(g)) + (1 - b2) * g * g
         m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
-        return decay - lr * m_hat / (v_hat.sqrt() + eps)
+        step: Tensor = decay - lr * m_hat / (v_hat.sqrt() + eps)
+        return step
     raise ValueError(f"no reference step for optimizer {saved.optimizer}")
 
 
@@ -260,6 +263,15 @@ def step_facts(problem: Problem, saved: Saved) -> dict[str, float]:
     }
 
 
+def step_reconstruction_error(problem: Problem, before: Saved, after: Saved) -> float:
+    """‖θ_{t+1} − θ_t − d‖/‖d‖ for the rebuilt step d of a full-batch run's consecutive pair.
+
+    Small means :func:`optimizer_step` (from the saved state) is the step torch really took.
+    """
+    d = optimizer_step(before, problem.grad(before.flat))
+    return float((after.flat - before.flat - d).norm() / d.norm())
+
+
 # --------------------------------------------------------------------------------------------
 # Training: the probe, the loop, checkpoints and the log
 # --------------------------------------------------------------------------------------------
@@ -269,12 +281,6 @@ def schedule(steps: int, count: int = 8) -> list[int]:
     """``count`` checkpoint steps spread over [0, steps], ending with the pair steps−1, steps."""
     spread = np.unique(np.linspace(0, steps - 1, count - 1).round().astype(int))
     return sorted({int(s) for s in spread} | {steps - 1, steps})
-
-
-def log_schedule(steps: int, count: int = 9) -> list[int]:
-    """Checkpoint steps spread geometrically (for runs whose progress is logarithmic)."""
-    spread = np.unique(np.geomspace(1, steps - 1, count - 2).round().astype(int))
-    return sorted({0, *(int(s) for s in spread), steps - 1, steps})
 
 
 def train(
@@ -339,6 +345,7 @@ def split(x: Tensor, y: Tensor, k: int) -> list[Batch]:
 
 
 def full_batch(batches: Sequence[Batch]) -> Batch:
+    """The K batches joined into one."""
     return tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
 
 
@@ -355,6 +362,7 @@ def random_minibatches(data: Batch, size: int, seed: int) -> Callable[[int], Bat
 
 
 def _seeded(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (model initialization) and return a generator for the data."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -389,14 +397,13 @@ def trajectory(
         "loss_mid": losses[mid],
         "loss_last": losses[-1],
         "final_pair_dJ": losses[-1] - losses[-2],
-        "decreasing_pairs": float(
-            np.mean([b < a for a, b in zip(losses, losses[1:], strict=False)])
-        ),
+        "decreasing_pairs": float(np.mean([b < a for a, b in itertools.pairwise(losses)])),
         "loss_peak_over_first": max(_finite_or_inf(v) for v in losses) / losses[0],
         "param_norm_first": float(saved[0].flat.norm()),
         "param_norm_mid": float(saved[mid].flat.norm()),
         "param_norm_last": float(saved[-1].flat.norm()),
         "finite_last": float(finite[-1]),
+        "loss_last_by_batches": problem.loss_by_batches(saved[-1].flat),
         "first_nonfinite_step": float(
             next((s for s, f in zip(steps, finite, strict=True) if not f), -1)
         ),
@@ -420,8 +427,7 @@ def logged_losses(run_dir: Path) -> list[float]:
 
 def uphill_rate(losses: Sequence[float], start: int) -> float:
     """Fraction of steps t ≥ start whose next loss is higher (real uphill steps)."""
-    pairs = list(zip(losses[start:], losses[start + 1 :], strict=False))
-    return float(np.mean([b > a for a, b in pairs]))
+    return float(np.mean([b > a for a, b in itertools.pairwise(losses[start:])]))
 
 
 def hessian_facts(problem: Problem, flat: Tensor) -> dict[str, float]:
@@ -491,7 +497,8 @@ def adam_preconditioner(saved: Saved) -> Tensor:
     b1, b2 = (float(b) for b in saved.hyper["betas"])
     t = float(saved.state["step"])
     v_hat = saved.state["exp_avg_sq"] / (1 - b2**t)
-    return (1 - b1**t) * (v_hat.sqrt() + float(saved.hyper["eps"]))
+    p: Tensor = (1 - b1**t) * (v_hat.sqrt() + float(saved.hyper["eps"]))
+    return p
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,7 +518,7 @@ def scenario(label: str, architecture: str) -> Callable[[Builder], Builder]:
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             threads = torch.get_num_threads()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             with torch.random.fork_rng(devices=[]):
                 torch.set_num_threads(1)
                 try:
@@ -519,6 +526,7 @@ def scenario(label: str, architecture: str) -> Callable[[Builder], Builder]:
                 finally:
                     torch.set_num_threads(threads)
             info.seconds = time.perf_counter() - start
+            info.cpu_seconds = time.process_time() - cpu
             assert (info.label, info.architecture) == (label, architecture), info.name
             return info
 
@@ -539,7 +547,7 @@ def _info(label: str, architecture: str, **kwargs: Any) -> ScenarioInfo:
 def mlp(*sizes: int, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     """A float64 MLP with ``act`` between its linear layers."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         if i:
             layers.append(act())
         layers.append(nn.Linear(a, b))
@@ -585,7 +593,8 @@ def _digits_split(
 
 def _healthy_digits(
     run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, lr: float, images: bool
-) -> tuple[Problem, list[int], dict[str, float]]:
+) -> tuple[list[int], dict[str, float]]:
+    """Train on 1,400 digits in minibatches of 32; probe: 4 of those batches, 256 held out."""
     gen = torch.Generator().manual_seed(1)
     train_set, val = _digits_split(gen, images=images, train=1400, val=256)
     batches = [
@@ -610,7 +619,7 @@ def _healthy_digits(
     facts |= sharpness_facts(problem, last)
     facts["train_accuracy"] = accuracy(problem, last.flat, train_set)
     facts["val_accuracy"] = accuracy(problem, last.flat, val)
-    return problem, save_at, facts
+    return save_at, facts
 
 
 @scenario("healthy", "mlp_digits")
@@ -620,7 +629,7 @@ def build_healthy_mlp_digits(run_dir: Path) -> ScenarioInfo:
     model = mlp(64, 32, 10)
     lr = 0.05
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    _, steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=False)
+    steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=False)
     return _info(
         "healthy",
         "mlp_digits",
@@ -643,7 +652,7 @@ def build_healthy_cnn_digits(run_dir: Path) -> ScenarioInfo:
     ).double()
     lr = 0.01
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    _, steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=True)
+    steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=True)
     return _info(
         "healthy",
         "cnn_digits",
@@ -674,7 +683,16 @@ def build_healthy_linear_regression(run_dir: Path) -> ScenarioInfo:
     lr, steps = 0.3, 150
     save_at = schedule(steps, 8)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler((x, y)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     facts |= hessian_facts(problem, saved[-1].flat)
     design = torch.cat([x, torch.ones(64, 1, dtype=DTYPE)], dim=1)
@@ -731,7 +749,16 @@ def build_local_minimum_double_well(run_dir: Path) -> ScenarioInfo:
     lr, steps = 0.1, 300
     save_at = schedule(steps, 8)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    train(run_dir, model, double_well_loss, _full_batch_sampler((x, t)), opt, steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        double_well_loss,
+        _full_batch_sampler((x, t)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     facts |= hessian_facts(problem, saved[-1].flat)
     # The other well, reached by the same GD from a = −1.6.
@@ -749,7 +776,7 @@ def build_local_minimum_double_well(run_dir: Path) -> ScenarioInfo:
         "double_well",
         optimizer="SGD (full-batch GD)",
         description="asymmetric double well started in the worse basin: GD converged (‖∇J‖≈0, both "
-        "Hessian eigenvalues > 0) at loss ≈0.79 while the other well reaches ≈0.20 < target 0.5",
+        "Hessian eigenvalues > 0) at loss ≈0.80 while the other well reaches ≈0.21 < target 0.5",
         target_loss=target,
         lr=lr,
         steps=save_at,
@@ -765,13 +792,14 @@ class Sine(nn.Module):
 
 
 def _sine_unit(w: float) -> nn.Sequential:
-    model = nn.Sequential(nn.Linear(1, 1), Sine(), nn.Linear(1, 1)).double()
+    """x ↦ 0.5·sin(w·x), as Linear → Sine → Linear with all four parameters trainable."""
+    inner, outer = nn.Linear(1, 1), nn.Linear(1, 1)
     with torch.no_grad():
-        model[0].weight.fill_(w)
-        model[0].bias.fill_(0.0)
-        model[2].weight.fill_(0.5)
-        model[2].bias.fill_(0.0)
-    return model
+        inner.weight.fill_(w)
+        inner.bias.fill_(0.0)
+        outer.weight.fill_(0.5)
+        outer.bias.fill_(0.0)
+    return nn.Sequential(inner, Sine(), outer).double()
 
 
 @scenario("local_minimum", "sine_unit")
@@ -789,7 +817,16 @@ def build_local_minimum_sine_unit(run_dir: Path) -> ScenarioInfo:
     lr, steps = 0.08, 1200
     save_at = schedule(steps, 8)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler((x, y)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     facts |= hessian_facts(problem, saved[-1].flat)
     other = _sine_unit(2.0)
@@ -820,7 +857,9 @@ def build_local_minimum_sine_unit(run_dir: Path) -> ScenarioInfo:
 # --------------------------------------------------------------------------------------------
 
 
-def _continue(model: nn.Module, loss_fn: LossFn, data: Batch, *, lr: float, steps: int) -> nn.Module:
+def _continue(
+    model: nn.Module, loss_fn: LossFn, data: Batch, *, lr: float, steps: int
+) -> nn.Module:
     """A copy of ``model`` trained ``steps`` more full-batch GD steps (what staying the course gives)."""
     clone = copy.deepcopy(model)
     opt = torch.optim.SGD(clone.parameters(), lr=lr)
@@ -854,12 +893,23 @@ def build_saddle_point_deep_linear(run_dir: Path) -> ScenarioInfo:
     lr, steps = 0.05, 200
     save_at = schedule(steps, 8)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler((x, y)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     facts |= saddle_facts(problem, saved[-1].flat, alpha=0.1)
     solution = torch.linalg.lstsq(x, y).solution
     facts["least_squares_loss"] = float(F.mse_loss(x @ solution, y))
-    facts["plateau_change_last_half"] = abs(facts["loss_last"] - facts["loss_mid"]) / facts["loss_mid"]
+    facts["plateau_change_last_half"] = (
+        abs(facts["loss_last"] - facts["loss_mid"]) / facts["loss_mid"]
+    )
     return _info(
         "saddle_point",
         "deep_linear",
@@ -893,10 +943,21 @@ def build_saddle_point_tanh_mlp(run_dir: Path) -> ScenarioInfo:
     lr, steps = 0.1, 100
     save_at = schedule(steps, 8)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    train(run_dir, model, F.mse_loss, _full_batch_sampler((x, y)), opt, steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler((x, y)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     facts |= saddle_facts(problem, saved[-1].flat, alpha=0.1)
-    facts["plateau_change_last_half"] = abs(facts["loss_last"] - facts["loss_mid"]) / facts["loss_mid"]
+    facts["plateau_change_last_half"] = (
+        abs(facts["loss_last"] - facts["loss_mid"]) / facts["loss_mid"]
+    )
     escaped = _continue(model, F.mse_loss, (x, y), lr=lr, steps=400)
     facts["loss_after_400_more_steps"] = problem.value(_flat_params(escaped))
     return _info(
@@ -954,11 +1015,21 @@ def _conditioning_run(
     start = copy.deepcopy(model)
     problem = capture(run_dir, model, F.mse_loss, batches)
     save_at = sorted(set(schedule(steps, 9)) | {steps - 2})
-    train(run_dir, model, F.mse_loss, _full_batch_sampler(data), make_optimizer(model), steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler(data),
+        make_optimizer(model),
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     facts |= step_facts(problem, saved[-1])
     facts |= sharpness_facts(problem, saved[-1])
     facts["sharpness_previous"] = sharpness_facts(problem, saved[-2])["sharpness"]
+    facts["step_reconstruction_error"] = step_reconstruction_error(problem, saved[-2], saved[-1])
     facts["uphill_rate_last_half"] = uphill_rate(logged_losses(run_dir), steps // 2)
     late = logged_losses(run_dir)[steps // 2 :]
     facts["late_loss_max_over_min"] = max(late) / min(late)
@@ -996,7 +1067,7 @@ def build_poor_conditioning_relu_mlp(run_dir: Path) -> ScenarioInfo:
         "poor_conditioning",
         "relu_mlp",
         optimizer="SGD (full-batch GD)",
-        description="GD at lr 0.8: lr·λmax ≈ 2.1 > 2, the full-batch step goes uphill, ~half the late "
+        description="GD at lr 0.8: lr·λmax ≈ 2.3 > 2, the full-batch step goes uphill, ~half the late "
         "steps are uphill and the loss oscillates ≈10× above what lr/4 reaches",
         target_loss=None,
         lr=lr,
@@ -1025,7 +1096,7 @@ def build_poor_conditioning_tanh_mlp_momentum(run_dir: Path) -> ScenarioInfo:
         "poor_conditioning",
         "tanh_mlp_momentum",
         optimizer="SGD(momentum=0.5), full batch",
-        description="heavy ball at lr 0.35: lr·λmax ≈ 3 = 2(1+μ), the real (momentum) step goes "
+        description="heavy ball at lr 0.35: lr·λmax ≈ 3.2 > 2(1+μ) = 3, the real (momentum) step goes "
         "uphill, the loss spikes and oscillates instead of settling",
         target_loss=None,
         lr=lr,
@@ -1088,18 +1159,29 @@ def _noise_run(
 ) -> tuple[list[int], dict[str, float]]:
     """Minibatch training on ``data`` (= the probe's K batches); facts over the late checkpoints and
     the same run with full-batch gradients as the reference of what the noise costs."""
-    batches = split(*data, data[0].shape[0] // batch_size)
+    batches = split(data[0], data[1], data[0].shape[0] // batch_size)
     start = copy.deepcopy(model)
     problem = capture(run_dir, model, F.mse_loss, batches)
     save_at = schedule(steps, 10)
     sample = random_minibatches(data, batch_size, seed=4)
-    train(run_dir, model, F.mse_loss, sample, make_optimizer(model), steps=steps, save_at=save_at, lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        sample,
+        make_optimizer(model),
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
     saved, facts = trajectory(problem, run_dir, save_at)
     late = [s for s in saved if s.step >= steps // 2]
     per = [step_facts(problem, s) for s in late]
     facts["late_checkpoints"] = float(len(late))
     facts["late_full_step_dJ_max"] = max(p["full_step_dJ"] for p in per)
-    facts["late_minibatch_uphill_fraction"] = float(np.mean([p["minibatch_uphill_fraction"] for p in per]))
+    facts["late_minibatch_uphill_fraction"] = float(
+        np.mean([p["minibatch_uphill_fraction"] for p in per])
+    )
     facts["late_minibatch_dJ_mean"] = float(np.mean([p["minibatch_dJ_mean"] for p in per]))
     facts["late_full_step_dJ_mean"] = float(np.mean([p["full_step_dJ"] for p in per]))
     facts["late_loss_mean"] = float(np.mean([problem.value(s.flat) for s in late]))
@@ -1128,10 +1210,18 @@ def build_gradient_noise_linear_regression(run_dir: Path) -> ScenarioInfo:
     model = nn.Linear(8, 1).double()
     lr = NOISE_LR_LINEAR
     save_at, facts = _noise_run(
-        run_dir, model, (x, y), lambda m: torch.optim.SGD(m.parameters(), lr=lr), lr=lr, steps=600, batch_size=2
+        run_dir,
+        model,
+        (x, y),
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr),
+        lr=lr,
+        steps=600,
+        batch_size=2,
     )
     design = torch.cat([x, torch.ones(16, 1, dtype=DTYPE)], dim=1)
-    facts["least_squares_loss"] = float(F.mse_loss(design @ torch.linalg.lstsq(design, y).solution, y))
+    facts["least_squares_loss"] = float(
+        F.mse_loss(design @ torch.linalg.lstsq(design, y).solution, y)
+    )
     return _info(
         "gradient_noise",
         "linear_regression",
@@ -1160,7 +1250,13 @@ def build_gradient_noise_tanh_mlp(run_dir: Path) -> ScenarioInfo:
     model = mlp(3, 8, 1)
     lr = NOISE_LR_MLP
     save_at, facts = _noise_run(
-        run_dir, model, data, lambda m: torch.optim.SGD(m.parameters(), lr=lr), lr=lr, steps=1000, batch_size=4
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr),
+        lr=lr,
+        steps=1000,
+        batch_size=4,
     )
     return _info(
         "gradient_noise",
@@ -1205,3 +1301,305 @@ def build_gradient_noise_tanh_mlp_adam(run_dir: Path) -> ScenarioInfo:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# no_critical_point: logistic loss on separable data has no minimum; ‖θ‖ grows without bound
+# while the loss creeps toward 0 and the curvature fades (Soudry et al. 2018)
+# --------------------------------------------------------------------------------------------
+
+
+# Early checkpoints spread geometrically (the loss falls fast), late ones evenly (the slow creep).
+SEPARABLE_SCHEDULE = [0, 10, 100, 300, 1000, 1500, 2000, 2500, 2999, 3000]
+
+
+def _separable_facts(problem: Problem, saved: list[Saved], data: Batch) -> dict[str, float]:
+    mid = _nearest([s.step for s in saved], saved[-1].step / 2)
+    with torch.no_grad():
+        logits = functional_call(
+            problem.model, problem.unflatten(saved[-1].flat), (data[0],)
+        ).squeeze(1)
+    margins = (2 * data[1] - 1) * logits
+    return {
+        "min_margin": float(margins.min()),
+        "grad_norm_mid": float(problem.grad(saved[mid].flat).norm()),
+        "grad_norm_last": float(problem.grad(saved[-1].flat).norm()),
+        "lambda_max_mid": problem.lambda_max(saved[mid].flat),
+        "lambda_max_last": problem.lambda_max(saved[-1].flat),
+        "norm_growth_last_half": float(saved[-1].flat.norm() / saved[mid].flat.norm()),
+        "step_reconstruction_error": step_reconstruction_error(problem, saved[-2], saved[-1]),
+    }
+
+
+@scenario("no_critical_point", "logistic_regression")
+def build_no_critical_point_logistic_regression(run_dir: Path) -> ScenarioInfo:
+    """No critical point: linear logistic regression on linearly separable blobs, GD, no decay."""
+    gen = _seeded(0)
+    labels = (torch.arange(64) % 2).to(DTYPE)
+    centres = torch.tensor([[-1.5, -0.5], [1.5, 0.5]], dtype=DTYPE)
+    x = centres[labels.long()] + 0.6 * torch.randn(64, 2, generator=gen, dtype=DTYPE)
+    model = nn.Linear(2, 1).double()
+    batches = split(x, labels, 4)
+    problem = capture(run_dir, model, bce_logits, batches)
+    lr, steps = 1.0, 3000
+    save_at = SEPARABLE_SCHEDULE
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    train(
+        run_dir,
+        model,
+        bce_logits,
+        _full_batch_sampler((x, labels)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+        log_every=5,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= _separable_facts(problem, saved, (x, labels))
+    return _info(
+        "no_critical_point",
+        "logistic_regression",
+        optimizer="SGD (full-batch GD)",
+        description="separable data under logistic loss: every training margin > 0, the loss keeps "
+        "creeping toward 0 while ‖θ‖ keeps growing (~log t) and λmax fades: no minimum to reach",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("no_critical_point", "relu_mlp")
+def build_no_critical_point_relu_mlp(run_dir: Path) -> ScenarioInfo:
+    """No critical point: a ReLU MLP separates XOR-like blobs; with logistic loss and no weight decay
+    its loss keeps falling only by growing the weights."""
+    gen = _seeded(0)
+    corners = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]], dtype=DTYPE)
+    which = torch.arange(64) % 4
+    x = corners[which] + 0.25 * torch.randn(64, 2, generator=gen, dtype=DTYPE)
+    labels = (which >= 2).to(DTYPE)
+    model = mlp(2, 8, 1, act=nn.ReLU)
+    batches = split(x, labels, 4)
+    problem = capture(run_dir, model, bce_logits, batches)
+    lr, steps = 0.1, 3000
+    save_at = SEPARABLE_SCHEDULE
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    train(
+        run_dir,
+        model,
+        bce_logits,
+        _full_batch_sampler((x, labels)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+        log_every=5,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= _separable_facts(problem, saved, (x, labels))
+    return _info(
+        "no_critical_point",
+        "relu_mlp",
+        optimizer="SGD(momentum=0.9), full batch",
+        description="XOR blobs separated by a ReLU MLP under logistic loss: margins > 0, loss creeping "
+        "toward 0, ‖θ‖ growing and curvature fading; the infimum is at infinity",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# divergence: the learning rate is far too large; the loss explodes, then turns inf/NaN
+# --------------------------------------------------------------------------------------------
+
+
+@scenario("divergence", "tanh_mlp")
+def build_divergence_tanh_mlp(run_dir: Path) -> ScenarioInfo:
+    """Divergence: a tanh MLP regression with momentum SGD at lr·λmax ≈ 4.8 > 2(1+μ) from the
+    start; the loss grows geometrically, overflows, and parameters become NaN. Checkpoints keep
+    being written after the blow-up (non-finite values are evidence)."""
+    _seeded(0)
+    data = _wave_1d()
+    model = mlp(1, 16, 1)
+    batches = split(data[0], data[1], 4)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lr, steps = 0.5, 200
+    save_at = schedule(steps, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler(data),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts["sharpness_first"] = lr * problem.lambda_max(saved[0].flat)
+    facts["logged_nonfinite_fraction"] = float(
+        np.mean([not math.isfinite(v) for v in logged_losses(run_dir)])
+    )
+    return _info(
+        "divergence",
+        "tanh_mlp",
+        optimizer="SGD(momentum=0.9), full batch",
+        description="lr 0.5 with momentum: lr·λmax ≈ 4.8 > 3.8 at the start, the loss explodes "
+        "past 1e100 and the parameters end NaN",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("divergence", "linear_regression")
+def build_divergence_linear_regression(run_dir: Path) -> ScenarioInfo:
+    """Divergence: least squares with plain GD at lr = 2.6/λmax: the error along the top
+    eigenvector is multiplied by |1 − 2.6| = 1.6 per step; the loss explodes (finite, ×1e24)."""
+    gen = _seeded(0)
+    x = torch.randn(32, 4, generator=gen, dtype=DTYPE)
+    y = x @ torch.randn(4, 1, generator=gen, dtype=DTYPE) + 0.1 * torch.randn(
+        32, 1, generator=gen, dtype=DTYPE
+    )
+    model = nn.Linear(4, 1).double()
+    batches = split(x, y, 4)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lam = problem.lambda_max(_flat_params(model))
+    lr, steps = 2.6 / lam, 60
+    save_at = schedule(steps, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler((x, y)),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
+    _, facts = trajectory(problem, run_dir, save_at)
+    facts["sharpness"] = lr * lam
+    facts["loss_last_over_first"] = facts["loss_last"] / facts["loss_first"]
+    facts["param_norm_growth"] = facts["param_norm_last"] / facts["param_norm_first"]
+    return _info(
+        "divergence",
+        "linear_regression",
+        optimizer="SGD (full-batch GD)",
+        description="convex least squares at lr·λmax = 2.6 > 2: the loss grows ×2.56 per step to "
+        "≈1e24× its start while staying finite; parameters grow ×1e11",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# overfitting: a large model on a small subset; training loss falls while validation loss rises
+# --------------------------------------------------------------------------------------------
+
+
+def _overfit_facts(problem: Problem, saved: list[Saved], steps: Sequence[int]) -> dict[str, float]:
+    assert problem.validation is not None
+    val = [problem.val_loss(s.flat) for s in saved]
+    train_losses = [problem.value(s.flat) for s in saved]
+    best = int(np.argmin(val))
+    late = [i for i, s in enumerate(steps) if s >= steps[-1] / 2]
+    return {
+        "val_best_step": float(steps[best]),
+        "val_rise_last_half": val[late[-1]] / val[late[0]],
+        "train_fall_last_half": train_losses[late[-1]] / train_losses[late[0]],
+        "val_increasing_pairs_last_half": float(
+            np.mean([val[j] > val[i] for i, j in itertools.pairwise(late)])
+        ),
+    }
+
+
+@scenario("overfitting", "mlp_digits")
+def build_overfitting_mlp_digits(run_dir: Path) -> ScenarioInfo:
+    """Overfitting: a 4.8k-parameter MLP memorizes 48 digits, 30% of them relabelled at random,
+    with Adam; 256 held-out digits (true labels) validate."""
+    gen = _seeded(0)
+    (x, y), val = _digits_split(gen, images=False, train=48, val=256)
+    flip = torch.rand(48, generator=gen) < 0.3
+    y = y.clone()
+    y[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=gen)
+    model = mlp(64, 64, 10)
+    batches = split(x, y, 6)
+    problem = capture(run_dir, model, F.cross_entropy, batches, validation=val)
+    lr, steps = 0.01, 400
+    save_at = schedule(steps, 10)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    train(
+        run_dir,
+        model,
+        F.cross_entropy,
+        random_minibatches((x, y), 8, seed=5),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= _overfit_facts(problem, saved, save_at)
+    facts["train_accuracy"] = accuracy(problem, saved[-1].flat, (x, y))
+    facts["val_accuracy"] = accuracy(problem, saved[-1].flat, val)
+    return _info(
+        "overfitting",
+        "mlp_digits",
+        optimizer="Adam(lr=0.01), batch 8",
+        description="4,810 parameters memorize 48 digits (30% mislabelled): over the last half the "
+        "training loss keeps falling while the held-out loss climbs far above its minimum",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("overfitting", "tanh_mlp_regression")
+def build_overfitting_tanh_mlp_regression(run_dir: Path) -> ScenarioInfo:
+    """Overfitting: a wide tanh MLP interpolating 16 noisy samples of a sine; 128 fresh samples
+    from the same noisy function validate."""
+    gen = _seeded(0)
+
+    def sample(n: int) -> Batch:
+        x = 6 * torch.rand(n, 1, generator=gen, dtype=DTYPE) - 3
+        return x, torch.sin(x) + 0.3 * torch.randn(n, 1, generator=gen, dtype=DTYPE)
+
+    train_set, val = sample(16), sample(128)
+    model = mlp(1, 64, 1)
+    batches = split(train_set[0], train_set[1], 4)
+    problem = capture(run_dir, model, F.mse_loss, batches, validation=val)
+    lr, steps = 0.01, 2000
+    save_at = schedule(steps, 10)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        _full_batch_sampler(train_set),
+        opt,
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+        log_every=5,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= _overfit_facts(problem, saved, save_at)
+    facts["noise_variance"] = 0.09
+    return _info(
+        "overfitting",
+        "tanh_mlp_regression",
+        optimizer="Adam(lr=0.01), full batch",
+        description="193 parameters on 16 noisy points: the training loss falls below the noise "
+        "variance 0.09 while the validation loss climbs over the last half",
+        target_loss=None,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )

@@ -7,7 +7,6 @@ would (``obstacle.battery.analysis.analyze``, standard preset, float64 on CPU).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -22,7 +22,11 @@ def test_help_explains_the_commands() -> None:
         assert command in top.output
     serve = runner.invoke(app, ["serve", "--help"])
     assert serve.exit_code == 0
-    assert "embedded Redis" in serve.output and "--api-only" in serve.output and "OBSTACLE_BROKER_URL" in serve.output
+    assert (
+        "embedded Redis" in serve.output
+        and "--api-only" in serve.output
+        and "OBSTACLE_BROKER_URL" in serve.output
+    )
     worker = runner.invoke(app, ["worker", "--help"])
     assert worker.exit_code == 0 and "CUDA" in worker.output
     token = runner.invoke(app, ["token", "create", "--help"])
@@ -48,7 +52,10 @@ def test_a_bad_configuration_names_the_variable(monkeypatch: pytest.MonkeyPatch)
     for command in (["serve"], ["worker"], ["token", "create", "--project", "x"]):
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
-        assert "OBSTACLE_CHECKPOINT_TIME_LIMIT_S=60 must be below OBSTACLE_VISIBILITY_TIMEOUT_S=30" in result.output
+        assert (
+            "OBSTACLE_CHECKPOINT_TIME_LIMIT_S=60 must be below OBSTACLE_VISIBILITY_TIMEOUT_S=30"
+            in result.output
+        )
     monkeypatch.delenv("OBSTACLE_VISIBILITY_TIMEOUT_S")
     monkeypatch.delenv("OBSTACLE_CHECKPOINT_TIME_LIMIT_S")
     monkeypatch.setenv("OBSTACLE_PORT", "not-a-port")

@@ -20,7 +20,9 @@ from obstacle.errors import ProbeError
 from service.bundles import probe_files
 
 
-def test_pack_is_deterministic_and_unpacks_to_the_same_files(tiny_run: Path, tmp_path: Path) -> None:
+def test_pack_is_deterministic_and_unpacks_to_the_same_files(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     as_bytes = pack_probe(tiny_run / PROBE_DIR)
     as_file = pack_probe(tiny_run / PROBE_DIR, tmp_path / "probe.zip")
     assert as_file.read_bytes() == as_bytes
@@ -111,11 +113,17 @@ def _write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -
     header: dict[str, object] = {}
     offset = 0
     for name, (code, array) in tensors.items():
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
         offset += array.nbytes
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(a.tobytes() for _, a in tensors.values()))
+    path.write_bytes(
+        struct.pack("<Q", len(text)) + text + b"".join(a.tobytes() for _, a in tensors.values())
+    )
 
 
 @pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16"])
@@ -130,6 +138,11 @@ def test_nonfinite_tensors_are_found_in_every_float_dtype(dtype: str, tmp_path: 
         encode = lambda a: a.astype(numpy_dtype)  # noqa: E731
     path = tmp_path / "t.safetensors"
     _write_safetensors(
-        path, {"ok": (dtype, encode(finite)), "bad": (dtype, encode(bad)), "ints": ("I64", np.arange(10))}
+        path,
+        {
+            "ok": (dtype, encode(finite)),
+            "bad": (dtype, encode(bad)),
+            "ints": ("I64", np.arange(10)),
+        },
     )
     assert nonfinite_tensors(path, read_header(path)) == ["bad"]

@@ -16,7 +16,7 @@ def test_every_input_error_is_mapped_to_a_4xx() -> None:
     }
     mapped = {cls for cls, *_ in INPUT_ERRORS}
     assert classes <= mapped, f"not mapped: {classes - mapped}"
-    for cls, status, slug, title in INPUT_ERRORS:
+    for _cls, status, slug, title in INPUT_ERRORS:
         assert 400 <= status < 500 and slug and title
     # most specific first: no entry is shadowed by an earlier base class
     for i, (cls, *_) in enumerate(INPUT_ERRORS):

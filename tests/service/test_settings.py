@@ -62,6 +62,7 @@ def test_read_from_obstacle_variables(monkeypatch: pytest.MonkeyPatch) -> None:
             "OBSTACLE_BROKER_URL",
         ),
         ({"max_checkpoint_bytes": 0}, "max_checkpoint_bytes"),
+        ({"analysis_stall_timeout_s": 100}, "OBSTACLE_ANALYSIS_STALL_TIMEOUT_S"),
     ],
 )
 def test_unsafe_values_are_refused_naming_the_variable(

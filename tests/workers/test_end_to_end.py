@@ -14,7 +14,9 @@ from conftest_services import Process, Tenant, make_settings, start_api, start_w
 from obstacle.battery.analysis import analyze
 
 
-def poll(client: httpx.Client, analysis_id: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+def poll(
+    client: httpx.Client, analysis_id: str, headers: dict[str, str], timeout: float
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     seen: list[dict[str, int]] = []
     while time.monotonic() < deadline:
@@ -28,14 +30,21 @@ def poll(client: httpx.Client, analysis_id: str, headers: dict[str, str], timeou
     raise AssertionError(f"analysis {analysis_id} did not finish in {timeout} s; progress {seen}")
 
 
+@pytest.fixture(scope="module")
+def local_report(tiny_run: Path) -> dict[str, Any]:
+    """`obstacle analyze` on the same run directory, in this process (once for both databases)."""
+    return analyze(tiny_run, preset="quick", target_loss=0.05)
+
+
 @pytest.mark.slow
 def test_upload_analyse_and_get_the_local_verdict(
+    local_report: dict[str, Any],
     database_url: str,
     redis_url: str,
     tmp_path: Path,
     tenant: Tenant,
     tiny_run: Path,
-    processes: Callable[[list[str], dict[str, str], str], Process],
+    processes: Callable[..., Process],
 ) -> None:
     settings = make_settings(database_url, redis_url, tmp_path)
     base = start_api(processes, settings)
@@ -43,7 +52,9 @@ def test_upload_analyse_and_get_the_local_verdict(
     with httpx.Client(base_url=base, timeout=30) as client:
         run_id = upload_run(client, tiny_run, tenant.headers)
         started = client.post(
-            f"/v1/runs/{run_id}/analyses", json={"preset": "quick", "target_loss": 0.05}, headers=tenant.headers
+            f"/v1/runs/{run_id}/analyses",
+            json={"preset": "quick", "target_loss": 0.05},
+            headers=tenant.headers,
         )
         assert started.status_code == 202, started.text
         result = poll(client, started.json()["id"], tenant.headers, timeout=120)
@@ -51,13 +62,17 @@ def test_upload_analyse_and_get_the_local_verdict(
         assert result["progress"] == {"done": 3, "total": 3, "running": 0, "failed": 0}
         assert result["errors"] == []
 
-        local = analyze(tiny_run, preset="quick", target_loss=0.05)
+        local = local_report
         remote = result["report"]
         assert remote["schema"] == "obstacle.report/1"
         assert [c["step"] for c in remote["checkpoints"]] == [5, 10, 15]
         assert remote["verdict"]["primary"] == local["verdict"]["primary"]
-        assert [o["kind"] for o in remote["verdict"]["obstacles"]] == [o["kind"] for o in local["verdict"]["obstacles"]]
-        assert [o["kind"] for o in remote["verdict"]["ruled_out"]] == [o["kind"] for o in local["verdict"]["ruled_out"]]
+        assert [o["kind"] for o in remote["verdict"]["obstacles"]] == [
+            o["kind"] for o in local["verdict"]["obstacles"]
+        ]
+        assert [o["kind"] for o in remote["verdict"]["ruled_out"]] == [
+            o["kind"] for o in local["verdict"]["ruled_out"]
+        ]
 
         if result["report_files"]:
             html = client.get(f"/v1/analyses/{result['id']}/report.html", headers=tenant.headers)

@@ -25,7 +25,7 @@ def test_a_killed_workers_checkpoint_is_redelivered_and_counted_once(
     tmp_path: Path,
     tenant: Tenant,
     tiny_run: Path,
-    processes: Callable[[list[str], dict[str, str], str], Process],
+    processes: Callable[..., Process],
 ) -> None:
     # A short visibility timeout, so the lost task comes back within seconds (tasks stay below it).
     settings = make_settings(
@@ -41,7 +41,9 @@ def test_a_killed_workers_checkpoint_is_redelivered_and_counted_once(
     with TestClient(create_app(settings)) as client:
         run_id = upload_run(client, tiny_run, tenant.headers)
         first = start_worker(processes, settings, "worker-a")
-        analysis = client.post(f"/v1/runs/{run_id}/analyses", json={"preset": "quick"}, headers=tenant.headers)
+        analysis = client.post(
+            f"/v1/runs/{run_id}/analyses", json={"preset": "quick"}, headers=tenant.headers
+        )
         analysis_id = uuid.UUID(analysis.json()["id"])
 
         deadline = time.monotonic() + 60
@@ -51,7 +53,8 @@ def test_a_killed_workers_checkpoint_is_redelivered_and_counted_once(
                 running = list(
                     session.scalars(
                         select(CheckpointResult.step).where(
-                            CheckpointResult.analysis_id == analysis_id, CheckpointResult.state == "running"
+                            CheckpointResult.analysis_id == analysis_id,
+                            CheckpointResult.state == "running",
                         )
                     )
                 )
@@ -67,7 +70,9 @@ def test_a_killed_workers_checkpoint_is_redelivered_and_counted_once(
     assert result["progress"] == {"done": 3, "total": 3, "running": 0, "failed": 0}
     assert [c["step"] for c in result["report"]["checkpoints"]] == [5, 10, 15]
     with sessions() as session:
-        rows = session.scalars(select(CheckpointResult).where(CheckpointResult.analysis_id == analysis_id)).all()
+        rows = session.scalars(
+            select(CheckpointResult).where(CheckpointResult.analysis_id == analysis_id)
+        ).all()
     engine.dispose()
     assert sorted(r.step for r in rows) == [5, 10, 15] and all(r.state == "done" for r in rows)
     attempts = {r.step: r.attempts for r in rows}

@@ -180,6 +180,11 @@ def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -
         for d in (escape.get("delta_plus") or []) + (escape.get("delta_minus") or [])
         if d is not None
     ]
+    changes = sorted(abs(d) for d in (steps.get("minibatch_changes") or []) if d is not None and math.isfinite(d))
+    full_change = steps.get("full_step_change")
+    scale = changes[len(changes) // 2] if changes else None
+    # How much a clean full-batch step gains against a typical minibatch step's change.
+    signal = -full_change / scale if scale and full_change is not None and math.isfinite(full_change) else None
     return {
         "step": ck.step,
         "lr": ck.lr,
@@ -208,7 +213,9 @@ def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -
         "snr": noise.get("snr"),
         "uphill_fraction_minibatch": steps.get("uphill_fraction_minibatch"),
         "full_step_uphill": steps.get("full_step_uphill"),
-        "full_step_change": steps.get("full_step_change"),
+        "full_step_change": full_change,
+        "minibatch_change_scale": scale,
+        "noise_signal": signal,
         "optimizer": steps.get("optimizer"),
         "details": dict(details),
     }

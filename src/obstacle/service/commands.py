@@ -7,10 +7,12 @@ fast and this module loads in every install.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
@@ -61,7 +63,8 @@ def serve(
         typer.Option(help="Interface to listen on (default: OBSTACLE_HOST, else 127.0.0.1)."),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port (default: OBSTACLE_PORT, else 8000); 0 picks a free one.")
+        int | None,
+        typer.Option(help="Port (default: OBSTACLE_PORT, else 8000); 0 picks a free one."),
     ] = None,
     workers: Annotated[int, typer.Option(help="Processes of the embedded worker.", min=1)] = 1,
     migrate: Annotated[
@@ -113,6 +116,10 @@ def serve(
         parts.append(f"artifacts {settings.resolved_artifact_url}")
         typer.echo("; ".join(parts), err=False)
         server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info"))
+        # uvicorn re-raises the stop signal once it has shut down; exit through `finally` instead
+        # of dying from it, so the worker and the embedded Redis are stopped too.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, _exit_cleanly)
         server.run(sockets=[listener])
     except ConfigurationError as exc:
         typer.echo(f"obstacle: {exc}", err=True)
@@ -122,6 +129,10 @@ def serve(
             _stop(worker_process)
         if redis_server is not None:
             redis_server.stop()
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _redact(url: str) -> str:

@@ -25,16 +25,13 @@ from obstacle.artifacts.manifest import ProbeManifest
 from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header_bytes
 from obstacle.errors import CheckpointError
 from obstacle.service.db import SessionFactory, session_scope
+from obstacle.service.keys import checkpoint_key, optimizer_key, probe_prefix
 from obstacle.service.models import Checkpoint, Probe
 from obstacle.service.problems import ProblemError
 from obstacle.service.store import ArtifactStore
 from obstacle.service.uploads import ReceivedUpload
 
-__all__ = ["ingest_checkpoint", "ingest_optimizer_state", "ingest_probe", "run_prefix"]
-
-
-def run_prefix(run_id: uuid.UUID) -> str:
-    return f"runs/{run_id}"
+__all__ = ["ingest_checkpoint", "ingest_optimizer_state", "ingest_probe", "no_probe"]
 
 
 def _conflict(what: str, existing: str, received: str, fix: str) -> ProblemError:
@@ -73,7 +70,7 @@ def ingest_probe(
         return _settle_probe(existing, run_id, upload), False
     with tempfile.TemporaryDirectory(prefix="probe-", dir=tmp_dir) as work:
         bundle = unpack_probe_bundle(upload.path, Path(work) / PROBE_DIR, max_bytes=max_bytes)
-        prefix = f"{run_prefix(run_id)}/probe/{upload.sha256}"
+        prefix = probe_prefix(run_id, upload.sha256)
         for name in BUNDLE_MEMBERS:
             store.put_file(bundle.directory / name, f"{prefix}/{name}")
     row = Probe(
@@ -148,7 +145,7 @@ def ingest_checkpoint(
     nonfinite = nonfinite_tensors(upload.path, header)
     if meta.train_loss is not None and not math.isfinite(meta.train_loss):
         nonfinite.append("train_loss")
-    key = f"{run_prefix(run_id)}/checkpoints/{step:09d}/{upload.sha256}.safetensors"
+    key = checkpoint_key(run_id, step, upload.sha256)
     store.put_file(upload.path, key)
     row = Checkpoint(
         run_id=run_id,
@@ -226,7 +223,7 @@ def ingest_optimizer_state(
         header, ProbeManifest.model_validate(probe.manifest), step=step, name=name
     )
     nonfinite = [f"optimizer/{t}" for t in nonfinite_tensors(upload.path, header)]
-    key = f"{run_prefix(run_id)}/checkpoints/{step:09d}/{upload.sha256}.optim.safetensors"
+    key = optimizer_key(run_id, step, upload.sha256)
     store.put_file(upload.path, key)
     with session_scope(sessions) as session:
         updated = session.execute(

@@ -101,8 +101,9 @@ def route_template(scope: Scope) -> str:
     # FastAPI keeps the full template of a route inside included routers here; the route object
     # itself only knows its path relative to its router.
     context = (scope.get("fastapi") or {}).get("effective_route_context")
-    if isinstance(getattr(context, "path", None), str):
-        return str(context.path)
+    template = getattr(context, "path", None)
+    if isinstance(template, str):
+        return template
     names = {str(value).lower(): name for name, value in (scope.get("path_params") or {}).items()}
     return "/".join(
         f"{{{names[s.lower()]}}}" if s.lower() in names else s for s in scope["path"].split("/")

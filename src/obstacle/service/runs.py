@@ -6,7 +6,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from obstacle.artifacts.manifest import ProbeManifest
-from obstacle.service.ingest import run_prefix
+from obstacle.service.keys import run_prefix
 from obstacle.service.models import Checkpoint, Probe, Run
 from obstacle.service.schemas import CheckpointPublic, OptimizerStatePublic, ProbePublic, RunPublic
 from obstacle.service.store import ArtifactStore

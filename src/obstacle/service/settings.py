@@ -54,6 +54,12 @@ class CommonSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_safe(self) -> Self:
         for name in ("checkpoint_time_limit_s", "finalize_time_limit_s"):
+            if getattr(self, name) >= self.analysis_stall_timeout_s:
+                raise ValueError(
+                    f"OBSTACLE_ANALYSIS_STALL_TIMEOUT_S={self.analysis_stall_timeout_s} must exceed "
+                    f"OBSTACLE_{name.upper()}={getattr(self, name)}: an analysis would be failed while "
+                    "a task of it is still within its time limit."
+                )
             if getattr(self, name) >= self.visibility_timeout_s:
                 raise ValueError(
                     f"OBSTACLE_{name.upper()}={getattr(self, name)} must be below "

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.requests import ClientDisconnect
+
 from obstacle.service.problems import ProblemError
 
 __all__ = ["SHA256_HEADER", "ReceivedUpload", "receive_upload"]
@@ -60,6 +62,19 @@ def _too_large(what: str, limit: int, received: str) -> ProblemError:
     )
 
 
+async def _until_disconnect(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ClientDisconnect:
+        raise ProblemError(
+            400,
+            f"The connection closed before the whole {what} arrived; nothing was stored. Send it again.",
+            slug="incomplete-upload",
+            title="The upload was cut off",
+        ) from None
+
+
 async def receive_upload(
     chunks: AsyncIterator[bytes],
     *,
@@ -80,7 +95,7 @@ async def receive_upload(
     size = 0
     try:
         with os.fdopen(fd, "wb") as handle:
-            async for chunk in chunks:
+            async for chunk in _until_disconnect(chunks, what):
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(what, limit, f"more than {limit} bytes")

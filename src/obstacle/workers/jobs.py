@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from obstacle.errors import ObstacleError
 from obstacle.service.db import SessionFactory, session_scope
+from obstacle.service.keys import report_prefix
 from obstacle.service.models import (
     Analysis,
     AnalysisState,
@@ -77,7 +78,9 @@ class _Job:
     checkpoints: dict[int, CheckpointFiles]
 
 
-def _load_job(ctx: Context, analysis_id: uuid.UUID) -> _Job | None:
+def _load_job(ctx: Context, analysis_id: uuid.UUID, *, step: int | None = None) -> _Job | None:
+    """The analysis, or None if it is gone or finished; with ``step``, only the checkpoints that
+    step's task needs (itself and the first, θ₀), not all of them."""
     with session_scope(ctx.sessions) as session:
         analysis = session.get(Analysis, analysis_id)
         if analysis is None or analysis.state in AnalysisState.TERMINAL:
@@ -85,9 +88,10 @@ def _load_job(ctx: Context, analysis_id: uuid.UUID) -> _Job | None:
         probe = session.get(Probe, analysis.run_id)
         if probe is None:  # the run was deleted with its probe
             return None
+        wanted = analysis.steps if step is None else [min(analysis.steps), step]
         rows = session.scalars(
             select(Checkpoint).where(
-                Checkpoint.run_id == analysis.run_id, Checkpoint.step.in_(analysis.steps)
+                Checkpoint.run_id == analysis.run_id, Checkpoint.step.in_(wanted)
             )
         ).all()
         return _Job(
@@ -173,7 +177,7 @@ def _finish(
 
 def analyze_checkpoint(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
     """One checkpoint's share of an analysis; safe to run more than once."""
-    job = _load_job(ctx, analysis_id)
+    job = _load_job(ctx, analysis_id, step=step)
     if job is None:
         return
     attempts = _claim(ctx, analysis_id, step)
@@ -191,7 +195,7 @@ def analyze_checkpoint(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
         _maybe_finalize(ctx, analysis_id)
         return
     needed = [job.checkpoints[s] for s in sorted({job.steps[0], step}) if s in job.checkpoints]
-    run_dir = ctx.run_dirs.prepare(str(job.run_id), job.probe, needed)
+    run_dir = ctx.run_dirs.prepare(job.probe, needed)
     record, error = _run_battery(
         ctx,
         lambda: _battery().analyze_checkpoint(run_dir, step, preset=job.preset, device=ctx.device),
@@ -289,9 +293,9 @@ def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
         )
         return
     done_steps = [int(r["step"]) for r in records]
-    run_dir = ctx.run_dirs.prepare(
-        str(job.run_id), job.probe, [job.checkpoints[s] for s in done_steps]
-    )
+    # θ₀ is the first checkpoint of the analysis even if its own record failed.
+    needed = sorted({job.steps[0], *done_steps})
+    run_dir = ctx.run_dirs.prepare(job.probe, [job.checkpoints[s] for s in needed])
     report, error = _run_battery(
         ctx,
         lambda: _battery().summarize_run(
@@ -316,6 +320,9 @@ def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
                 finished_at=utcnow(),
             )
         )
+        gone = session.get(Analysis, analysis_id) is None
+    if gone:  # the run was deleted meanwhile: its files went with it, so must the report's
+        ctx.store.delete_prefix(report_prefix(job.run_id, job.analysis_id))
 
 
 def _render_and_store(
@@ -325,7 +332,7 @@ def _render_and_store(
 
     The verdict stands without its drawing, so a plotting failure does not fail the analysis.
     """
-    from obstacle.battery.report import render_report  # type: ignore[attr-defined]
+    from obstacle.battery.report import render_report
 
     out = Path(tempfile.mkdtemp(prefix="report-"))
     try:
@@ -341,7 +348,7 @@ def _render_and_store(
                 [],
                 f"the HTML report could not be drawn ({type(exc).__name__}: {exc}); the JSON report is complete",
             )
-        prefix = f"runs/{job.run_id}/analyses/{job.analysis_id}"
+        prefix = report_prefix(job.run_id, job.analysis_id)
         files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
         for name in files:
             ctx.store.put_file(out / name, f"{prefix}/{name}")

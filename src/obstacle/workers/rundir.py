@@ -2,12 +2,13 @@
 
     CACHE/<pid>/probes/<content_hash>/{manifest.json, program.pt2, data.safetensors}
     CACHE/<pid>/blobs/<sha256>.safetensors              checkpoint files, by content
-    CACHE/<pid>/runs/<run_id>/probe -> ../../probes/<content_hash>
-    CACHE/<pid>/runs/<run_id>/checkpoints/step_*.safetensors -> ../../../blobs/<sha256>...
+    CACHE/<pid>/runs/<content_hash>/probe -> ../../probes/<content_hash>
+    CACHE/<pid>/runs/<content_hash>/checkpoints/step_*.safetensors -> ../../../blobs/<sha256>...
 
-A run keeps one directory per worker process, so the battery's per-process probe cache (keyed by
-run directory and content hash) loads each probe program once. Before each task the directory
-holds exactly the checkpoints that task needs (the first one gives θ₀), nothing else. Downloaded
+A probe keeps one run directory per worker process, so the battery's per-process probe cache
+(keyed by run directory and content hash) loads each probe program once, whichever run it
+came with. Before each task the directory holds exactly the checkpoints that task needs (the
+first one gives θ₀), nothing else; a process runs one task at a time. Downloaded
 probe files are checked against the content hash the service computed when it validated the
 probe: a probe runs here only if it is byte for byte what the validator accepted.
 """
@@ -57,12 +58,10 @@ class RunDirectories:
         self.root = cache_root / str(os.getpid())
         _remove_dead_process_dirs(cache_root)
 
-    def prepare(
-        self, run_id: str, probe: ProbeFiles, checkpoints: Iterable[CheckpointFiles]
-    ) -> Path:
+    def prepare(self, probe: ProbeFiles, checkpoints: Iterable[CheckpointFiles]) -> Path:
         """The run directory holding the probe and exactly ``checkpoints``."""
         wanted = list(checkpoints)
-        run_dir = self.root / "runs" / run_id
+        run_dir = self.root / "runs" / probe.content_hash
         probe_link = run_dir / PROBE_DIR
         probe_dir = self._probe(probe)
         run_dir.mkdir(parents=True, exist_ok=True)

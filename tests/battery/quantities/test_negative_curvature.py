@@ -300,10 +300,25 @@ def test_non_finite_checkpoint_is_recorded_not_raised() -> None:
     json.dumps(record, allow_nan=False)
 
 
-def _hessian_by_columns(engine: LossEngine, theta: Tensor) -> Tensor:
-    op = engine.hessian_operator(theta)
-    h = torch.stack([op(e) for e in torch.eye(op.size, dtype=theta.dtype)])
-    return (h + h.T) / 2
+def _exact_eigenvalues(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Eigenvalues of the exact float64 Hessian by vmapped reverse-over-reverse autograd of the
+    eager model (no LayerNorm here, so nothing needs decomposing), independent of the engine."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def objective(x: Tensor) -> Tensor:
+        params = {
+            n: c.view(s) for n, c, s in zip(names, torch.split(x, sizes), shapes, strict=True)
+        }
+        losses = [
+            nn.functional.cross_entropy(torch.func.functional_call(model, params, (xb,)), yb)
+            for xb, yb in batches
+        ]
+        return torch.stack(losses).mean()
+
+    return torch.linalg.eigvalsh(torch.func.jacrev(torch.func.jacrev(objective))(flat))
 
 
 def test_warm_start_along_an_sgd_run_is_as_accurate_in_fewer_hvps() -> None:
@@ -327,10 +342,7 @@ def test_warm_start_along_an_sgd_run_is_as_accurate_in_fewer_hvps() -> None:
     cold_hvps = warm_hvps = 0
     for step in range(40):
         if step % 4 == 0:
-            # The exact reference: the Hessian assembled column by column, in float64.
-            exact = torch.linalg.eigvalsh(
-                _hessian_by_columns(engine, engine.flatten(model.state_dict()))
-            )
+            exact = _exact_eigenvalues(model, batches)
             cold = NegativeCurvature()(
                 _context(engine, model, step=step, options={"warm_start": False}, carry=cold_carry)
             )
@@ -346,4 +358,5 @@ def test_warm_start_along_an_sgd_run_is_as_accurate_in_fewer_hvps() -> None:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    assert warm_hvps < cold_hvps
+    # Measured 285 cold vs 214 warm over the ten checkpoints; assert a clear saving.
+    assert warm_hvps < 0.9 * cold_hvps

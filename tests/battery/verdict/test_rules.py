@@ -109,10 +109,13 @@ def test_adaptive_runs_are_judged_by_preconditioned_sharpness_not_lr_lambda_max(
 
 def test_noise_needs_uphill_minibatch_steps_with_a_downhill_full_step_on_a_plateau() -> None:
     plateau = [1.0, 0.7, 0.6, 0.55, 0.55, 0.551, 0.549, 0.55, 0.55]
-    noisy = _records(loss=plateau, uphill_fraction_minibatch=0.45, snr=0.2)
+    noisy = _records(loss=plateau, uphill_fraction_minibatch=0.45, snr=0.2, noise_signal=1.0)
     assert judge(noisy)["primary"] == "gradient_noise"
+    # At a converged minimum every minibatch step goes uphill, but a full step gains nothing.
+    converged = _records(loss=plateau, uphill_fraction_minibatch=1.0, snr=0.0, noise_signal=1e-9)
+    assert "gradient_noise" not in _present(judge(converged))
     assert judge(noisy, target_loss=0.6)["primary"] == "healthy"
-    both = _records(loss=plateau, uphill_fraction_minibatch=0.45, full_step_uphill=True)
+    both = _records(loss=plateau, uphill_fraction_minibatch=0.45, full_step_uphill=True, noise_signal=1.0)
     assert "gradient_noise" not in _present(judge(both))
 
 

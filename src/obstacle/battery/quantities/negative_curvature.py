@@ -36,7 +36,10 @@ from obstacle.errors import ParameterError
 ADAPTIVE_OPTIMIZERS = frozenset({"adam", "adamw", "rmsprop"})
 _KINDS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 ESCAPE_FRACTION = 0.01  # the quadratic model's predicted change, as a fraction of |J|
-ESCAPE_MAX_STEP = 0.1  # the largest step, as a fraction of ‖θ‖
+# The largest step, as a fraction of max(‖θ‖, 1): it keeps the probe inside the region where the
+# quadratic model holds. The floor of 1 matters at a saddle at the origin (a network from a tiny
+# initialisation), where ‖θ‖ → 0 would shrink the certificate below float noise.
+ESCAPE_MAX_STEP = 0.1
 ESCAPE_MULTIPLES = (0.25, 0.5, 1.0)
 SLICE_SPAN = 2.0  # the slice covers [−SLICE_SPAN·α*, SLICE_SPAN·α*]
 
@@ -90,12 +93,12 @@ def escape_scale(
     fraction: float = ESCAPE_FRACTION,
     max_step: float = ESCAPE_MAX_STEP,
 ) -> float:
-    """α* where ½|λmin|α² = fraction·|J|, capped at max_step·‖θ‖ (1 when neither sets a scale)."""
+    """α* where ½|λmin|α² = fraction·|J|, capped at max_step·max(‖θ‖, 1)."""
     candidates = []
     if abs(lambda_min) > 0 and abs(loss) > 0 and math.isfinite(lambda_min) and math.isfinite(loss):
         candidates.append(math.sqrt(2.0 * fraction * abs(loss) / abs(lambda_min)))
-    if theta_norm > 0 and math.isfinite(theta_norm):
-        candidates.append(max_step * theta_norm)
+    if math.isfinite(theta_norm):
+        candidates.append(max_step * max(theta_norm, 1.0))
     return min(candidates) if candidates else 1.0
 
 

@@ -107,8 +107,10 @@ def lanczos_quadrature(
         while process.steps < min(steps, dim):
             beta = process.step()
             scale = max(abs(a) for a in process.alphas)
-            if not math.isfinite(beta) or beta <= 8 * eps * scale * math.sqrt(process.steps):
-                break  # invariant Krylov space: the quadrature is exact
+            # A (nearly) invariant Krylov space: the nodes that further steps would add carry
+            # weight of order (β/gap)², far below what the broadening resolves.
+            if not math.isfinite(beta) or beta <= math.sqrt(eps) * scale:
+                break
         used += process.matvecs
         d = np.asarray(process.alphas, dtype=np.float64)
         if not np.all(np.isfinite(d)) or not np.all(np.isfinite(process.betas[:-1])):

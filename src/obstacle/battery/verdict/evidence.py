@@ -38,7 +38,8 @@ class RunFacts:
     losses: list[float]
     first_loss: float
     last_loss: float
-    late_progress: float  # relative decrease of J over the late window
+    late_progress: float  # fitted relative decrease of J over the second half of the run
+    fluctuation: float  # scatter of J around that fit, relative to J
     plateau: bool
     non_finite_steps: list[int]
     peak_grad: float
@@ -69,13 +70,7 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
     finite_losses = [j for j in losses if finite(j)]
     first = losses[0] if losses else math.nan
     last = losses[-1] if losses else math.nan
-    late_losses = [num(r.get("loss")) for r in late]
-    if len(late_losses) >= 2 and all(finite(j) for j in late_losses):
-        start, end = late_losses[0], late_losses[-1]
-        scale = max(abs(start), 1e-12)
-        late_progress = (start - end) / scale
-    else:
-        late_progress = math.nan
+    late_progress, fluctuation = _progress(ordered[len(ordered) // 2 :] if n >= 6 else ordered)
     grads = [num(r.get("grad_norm")) for r in ordered]
     finite_grads = [g for g in grads if finite(g)]
     rises = [
@@ -92,7 +87,10 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
             first_loss=first,
             last_loss=last,
             late_progress=late_progress,
-            plateau=finite(late_progress) and late_progress < thresholds.plateau_rel,
+            fluctuation=fluctuation,
+        # A plateau: the fitted decrease is below plateau_rel of the loss, or no larger than the
+        # checkpoints' own scatter around the trend (minibatch noise can fake or hide progress).
+        plateau=finite(late_progress) and late_progress < max(thresholds.plateau_rel, 2 * fluctuation),
             non_finite_steps=non_finite,
             peak_grad=max(finite_grads) if finite_grads else math.nan,
             last_grad=grads[-1] if grads else math.nan,
@@ -104,6 +102,29 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
         if finite_losses or ordered
         else _empty(thresholds)
     )
+
+
+def _progress(rows: Sequence[Record]) -> tuple[float, float]:
+    """(relative decrease, relative scatter) of J from a least-squares line over ``rows``.
+
+    The decrease is −slope·(last step − first step)/mean J; the scatter is the residuals' RMS
+    over mean J. Two points give the plain relative change and no scatter.
+    """
+    points = [(float(r["step"]), num(r.get("loss"))) for r in rows]
+    if len(points) < 2 or not all(finite(j) for _, j in points):
+        return math.nan, math.nan
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mean_y = sum(ys) / len(ys)
+    scale = max(abs(mean_y), 1e-12)
+    if len(points) == 2 or xs[-1] == xs[0]:
+        return (ys[0] - ys[-1]) / max(abs(ys[0]), 1e-12), 0.0
+    mean_x = sum(xs) / len(xs)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in points]
+    rms = math.sqrt(sum(e * e for e in residuals) / (len(points) - 2)) if len(points) > 2 else 0.0
+    return -slope * (xs[-1] - xs[0]) / scale, rms / scale
 
 
 def _empty(thresholds: Thresholds) -> RunFacts:  # pragma: no cover - guarded by callers

@@ -192,7 +192,7 @@ def saddle_point(facts: RunFacts, t: Thresholds) -> Finding:
     if not facts.plateau:
         f.reason = (
             f"negative curvature (λmin = {fmt(lmin)}) is present but the loss is still falling "
-            f"({fmt(100 * facts.late_progress)}% over the late window), so the run is passing it, not stuck"
+            f"({fmt(100 * facts.late_progress)}% over the second half), so the run is passing it, not stuck"
         )
         f.steps = [int(r["step"]) for r in saddle_rows]
         f.confidence = 0.25
@@ -219,7 +219,7 @@ def saddle_point(facts: RunFacts, t: Thresholds) -> Finding:
     )
     f.add(
         "loss",
-        f"the loss is on a plateau: it fell {fmt(100 * facts.late_progress)}% over the late window",
+        f"the loss is on a plateau: it fell {fmt(100 * facts.late_progress)}% over the second half",
         facts.late_progress,
     )
     if finite(facts.last_grad):
@@ -241,7 +241,7 @@ def local_minimum(facts: RunFacts, t: Thresholds, target_loss: float | None) -> 
         "steps or noise to reach a better basin"
     )
     if not facts.plateau:
-        f.reason = f"the loss is still falling ({fmt(100 * facts.late_progress)}% over the late window): no minimum reached yet"
+        f.reason = f"the loss is still falling ({fmt(100 * facts.late_progress)}% over the second half): no minimum reached yet"
         return f
     if _negative_curvature(last, t) and _escapes(last, t):
         f.reason = f"λmin = {fmt(lmin)} is clearly negative and escapable: a saddle, not a minimum"
@@ -393,10 +393,20 @@ def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) ->
     if target_loss is not None and facts.last_loss <= target_loss:
         f.reason = f"the loss {fmt(facts.last_loss)} already meets the target {fmt(target_loss)}"
         return f
+    signal = _median(facts, "noise_signal")
+    if not (finite(signal) and signal >= t.noise_signal):
+        # At a minimum every minibatch step goes uphill (the full gradient is zero), but there
+        # is nothing left for a cleaner step to gain: that is convergence, not a noise floor.
+        f.reason = (
+            f"minibatch steps go uphill ({fmt(100 * mean_mini)}%) but the full-batch step would gain only "
+            f"{fmt(signal)}× a typical minibatch change (a noise floor needs ≥ {fmt(t.noise_signal)}×): "
+            "the run sits at a critical point, not held above one by noise"
+        )
+        return f
     if not facts.plateau:
         f.reason = (
             f"minibatch steps are noisy ({fmt(100 * mean_mini)}% uphill) but the loss still falls "
-            f"{fmt(100 * facts.late_progress)}% over the late window"
+            f"{fmt(100 * facts.late_progress)}% over the second half"
         )
         f.confidence = 0.3
         return f
@@ -412,7 +422,7 @@ def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) ->
         f"{fmt(100 * mean_mini)}% of simulated minibatch steps go uphill on the full probe loss",
         mean_mini,
     )
-    f.add("steps", "while the full-batch step goes downhill", full_up)
+    f.add("steps", f"while the full-batch step goes downhill, gaining {fmt(signal)}× a typical minibatch change", signal)
     if finite(snr):
         f.add("noise", f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)}", snr)
     scale = _median(facts, "noise_scale")
@@ -420,7 +430,7 @@ def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) ->
         f.add("noise", f"noise scale B_simple = {fmt(scale)} examples", scale)
     f.add(
         "loss",
-        f"the loss is on a plateau ({fmt(100 * facts.late_progress)}% over the late window)",
+        f"the loss is on a plateau ({fmt(100 * facts.late_progress)}% over the second half)",
         facts.late_progress,
     )
     return f
@@ -458,14 +468,16 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
     peak = max((x for x in lmax if finite(x)), default=math.nan)
     fade = lmax[-1] / peak if finite(peak) and peak > 0 and finite(lmax[-1]) else math.nan
     fading = finite(fade) and fade <= t.curvature_fade
-    if not (outward or fading):
+    if not (outward and fading):
         f.reason = (
-            f"‖θ‖ grows ({fmt(100 * growth)}%) but the descent direction does not point outward "
-            f"(cos(−g, θ) = {fmt(-cos)}) and the curvature does not fade (λmax at {fmt(fade)} of its peak)"
+            f"‖θ‖ grows ({fmt(100 * growth)}%) but "
+            + ("" if outward else f"the descent direction does not point outward (cos(−g, θ) = {fmt(-cos)})")
+            + (" and " if not outward and not fading else "")
+            + ("" if fading else f"the curvature does not fade (λmax at {fmt(fade)} of its peak)")
         )
-        f.confidence = 0.3
+        f.confidence = 0.35 if (outward or fading) else 0.2
         return f
-    f.confidence = _clip(0.5 + 0.25 * (1.0 if outward else 0.0) + 0.25 * (1.0 if fading else 0.0))
+    f.confidence = _clip(0.6 + 0.4 * _ramp(-cos, t.outward_cosine, 0.9) * _ramp(1 - fade, 1 - t.curvature_fade, 0.9))
     f.steps = [int(r["step"]) for r in facts.late]
     f.add(
         "gradient",
@@ -474,7 +486,7 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
     )
     f.add(
         "loss",
-        f"while the loss keeps creeping down ({fmt(100 * facts.late_progress)}% over the late window) toward {fmt(facts.last_loss)}",
+        f"while the loss keeps creeping down ({fmt(100 * facts.late_progress)}% over the second half) toward {fmt(facts.last_loss)}",
         facts.last_loss,
     )
     if outward:

@@ -114,13 +114,20 @@ def test_a_non_finite_target_loss_is_a_422(
 def test_an_analysis_no_worker_takes_is_marked_failed_with_the_reason(
     database_url: str, redis_url: str, tmp_path: Path, tenant: Tenant, tiny_run: Path
 ) -> None:
-    settings = make_settings(database_url, redis_url, tmp_path, analysis_stall_timeout_s=1)
+    settings = make_settings(
+        database_url,
+        redis_url,
+        tmp_path,
+        analysis_stall_timeout_s=2,
+        checkpoint_time_limit_s=1,
+        finalize_time_limit_s=1,
+    )
     with TestClient(create_app(settings)) as client:
         run_id = upload_run(client, tiny_run, tenant.headers)
         analysis = client.post(
             f"/v1/runs/{run_id}/analyses", json={}, headers=tenant.headers
         ).json()
-        time.sleep(1.5)
+        time.sleep(2.2)
         read = client.get(f"/v1/analyses/{analysis['id']}", headers=tenant.headers).json()
     assert read["state"] == "failed" and read["finished_at"] is not None
     assert "no worker made progress" in read["errors"][-1]["message"]

@@ -19,6 +19,7 @@ from obstacle.service.api.deps import (
     StateDep,
     StoreDep,
 )
+from obstacle.service.keys import report_prefix
 from obstacle.service.models import Analysis, AnalysisState
 from obstacle.service.problems import PROBLEM_RESPONSES, ProblemError
 from obstacle.service.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
@@ -87,7 +88,7 @@ def _report_file(analysis: Analysis, name: str) -> str:
             slug="not-found",
             title="Not found",
         )
-    return f"runs/{analysis.run_id}/analyses/{analysis.id}/{name}"
+    return f"{report_prefix(analysis.run_id, analysis.id)}/{name}"
 
 
 @router.get(

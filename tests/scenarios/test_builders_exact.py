@@ -1,0 +1,246 @@
+"""Each scenario's label, verified from exact quantities before the verdict suite trusts it.
+
+The builders compute their facts with plain torch from the files they wrote (full float64 Hessians
+of the probe loss, the optimizer's real step rebuilt from its saved state, closed-form optima);
+here every label's defining facts are asserted, and the saved probe program is checked to compute
+the same loss the facts were computed on. Tolerances are stated where they are used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from obstacle.artifacts.layout import (
+    CHECKPOINT_DIR,
+    TRAIN_LOG,
+    list_checkpoints,
+    optimizer_filename,
+)
+from obstacle.battery.checkpoint import load_checkpoint
+from obstacle.battery.probe import Probe
+
+from .builders import LABELS, SCENARIOS, ScenarioInfo
+
+pytestmark = pytest.mark.slow
+
+# Builders must stay under 3 s of one CPU thread; the bound below leaves room for a slower CI host.
+CPU_SECONDS_BOUND = 6.0
+# The optimizers whose checkpoints must carry their state.
+STATEFUL = ("Adam", "momentum")
+
+Run = tuple[ScenarioInfo, Path]
+
+
+def _names(label: str) -> list[str]:
+    return sorted(n for n in SCENARIOS if n.startswith(f"{label}/"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
+    """Build each scenario once per module, on one thread."""
+    torch.set_num_threads(1)
+    # Pay torch.export's one-time start-up before any builder is timed.
+    ones = torch.ones(2, 1, dtype=torch.float64)
+    Probe.capture(torch.nn.Linear(1, 1).double(), torch.nn.functional.mse_loss, [(ones, ones)] * 2)
+    cache: dict[str, Run] = {}
+
+    def get(name: str) -> Run:
+        if name not in cache:
+            run_dir = tmp_path_factory.mktemp(name.replace("/", "-")) / "run"
+            cache[name] = (SCENARIOS[name](run_dir), run_dir)
+        return cache[name]
+
+    return get
+
+
+def test_every_label_has_two_architectures() -> None:
+    for label in LABELS:
+        assert len(_names(label)) >= 2, label
+
+
+# --------------------------------------------------------------------------------------------
+# Every run directory: layout, checkpoints, optimizer state, log, cost
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_run_directory_is_complete(name: str, run: Callable[[str], Run]) -> None:
+    info, run_dir = run(name)
+    assert info.name == name and info.label in LABELS and info.description
+    steps = [s for s, _ in list_checkpoints(run_dir)]
+    assert steps == info.steps
+    assert 6 <= len(steps) <= 12
+    assert steps[-1] - steps[-2] == 1, "a consecutive pair t, t+1 ends the run"
+    stateful = any(kind in info.optimizer for kind in STATEFUL)
+    for step in steps:
+        assert (run_dir / CHECKPOINT_DIR / optimizer_filename(step)).exists() == stateful
+    log = [json.loads(line) for line in (run_dir / TRAIN_LOG).read_text().splitlines()]
+    assert len(log) >= 20 and log[0]["step"] == 0 and log[-1]["step"] <= steps[-1]
+    assert all(entry["lr"] == pytest.approx(info.lr) for entry in log)
+    assert info.cpu_seconds < CPU_SECONDS_BOUND, f"{name} took {info.cpu_seconds:.2f} s of CPU"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_saved_probe_computes_the_reference_loss(name: str, run: Callable[[str], Run]) -> None:
+    """The exported probe program at the last checkpoint gives the loss the facts were computed on."""
+    info, run_dir = run(name)
+    probe = Probe.load(run_dir)
+    checkpoint = load_checkpoint(list_checkpoints(run_dir)[-1][1], probe.manifest)
+    program = probe.program.module()
+    state = {f"model.{k}": v for k, v in checkpoint.state.items()}
+    with torch.no_grad():
+        losses = [functional_call(program, state, batch) for batch in probe.batches]
+        loss = float(torch.stack(losses).mean())
+    facts = info.facts
+    if math.isfinite(facts["loss_last"]):
+        # float64 throughout: the joined batch and the K batches agree to rounding.
+        assert loss == pytest.approx(facts["loss_last"], rel=1e-10, abs=1e-14)
+        assert facts["loss_last_by_batches"] == pytest.approx(
+            facts["loss_last"], rel=1e-10, abs=1e-14
+        )
+    else:
+        assert not math.isfinite(loss)
+    if probe.validation is not None and math.isfinite(facts["loss_last"]):
+        with torch.no_grad():
+            val = float(functional_call(program, state, probe.validation))
+        assert val == pytest.approx(facts["val_last"], rel=1e-10)
+    assert (probe.validation is not None) == ("val_last" in facts)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in sorted(SCENARIOS) if n.startswith(("poor_conditioning/", "no_critical_point/"))],
+)
+def test_reference_step_is_the_step_torch_took(name: str, run: Callable[[str], Run]) -> None:
+    """The step rebuilt from a saved optimizer state (plain GD, heavy ball, Adam) reproduces the
+    full-batch run's last real step: the uphill/downhill facts use the run's true step."""
+    info, _ = run(name)
+    assert info.facts["step_reconstruction_error"] < 1e-8
+
+
+# --------------------------------------------------------------------------------------------
+# The defining facts of each label
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", _names("healthy"))
+def test_healthy(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert info.target_loss is None
+    assert f["finite_last"] == 1.0
+    assert f["loss_last"] < 0.1 * f["loss_first"], "real progress"
+    if "least_squares_loss" in f:
+        # Converged to the unique minimum of a convex problem: success with no target.
+        assert f["grad_norm"] < 1e-10
+        assert f["lambda_min"] > 0
+        assert f["loss_last"] == pytest.approx(f["least_squares_loss"], rel=1e-12)
+        return
+    assert f["decreasing_pairs"] >= 0.8, "steady decrease across checkpoints"
+    assert f["loss_last"] < 0.7 * f["loss_mid"], "still making progress over the last half"
+    assert f["val_last"] < f["val_mid"], "validation falls too: no overfitting"
+    assert f["train_accuracy"] > 0.9 and f["val_accuracy"] > 0.9
+    assert f["full_step_dJ"] < 0, "the optimizer's full-batch step goes downhill"
+    assert f["minibatch_uphill_fraction"] <= 0.25, "minibatch steps go downhill too"
+    assert f["sharpness"] < 0.5 * f["sharpness_threshold"], "far from the stability edge"
+
+
+@pytest.mark.parametrize("name", _names("local_minimum"))
+def test_local_minimum(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert info.target_loss is not None
+    assert f["grad_norm"] < 1e-8, "a critical point"
+    assert f["lambda_min"] >= -1e-8 * f["lambda_max"], "no negative curvature"
+    assert f["lambda_min"] > 0, "in fact a strict minimum"
+    assert abs(f["loss_last"] - f["loss_mid"]) < 1e-9 * f["loss_last"], "converged"
+    assert f["loss_last"] > info.target_loss > f["other_minimum_loss"]
+    assert f["other_minimum_grad_norm"] < 1e-8, "the better point is a minimum too"
+
+
+@pytest.mark.parametrize("name", _names("saddle_point"))
+def test_saddle_point(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert f["lambda_min"] < -0.1 * f["lambda_max"] < 0, "a clearly negative eigenvalue"
+    assert f["grad_norm"] < 0.1 * abs(f["lambda_min"]), (
+        "the gradient is small against the curvature"
+    )
+    assert f["escape_dJ"] < 0 and f["escape_second_difference"] < 0, "the loss falls along v_min"
+    assert f["plateau_change_last_half"] < 1e-3, "on a plateau"
+    if "least_squares_loss" in f:
+        assert f["loss_last"] > 100 * f["least_squares_loss"], "far above what the net can reach"
+    else:
+        assert f["loss_after_400_more_steps"] < 0.5 * f["loss_last"], "escaping is possible"
+
+
+@pytest.mark.parametrize("name", _names("poor_conditioning"))
+def test_poor_conditioning(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert f["sharpness"] > f["sharpness_threshold"], (
+        "lr·λmax (preconditioned for Adam) past its threshold"
+    )
+    assert f["sharpness_previous"] > 0.95 * f["sharpness_threshold"], "and it stays at the edge"
+    assert f["full_step_dJ"] > 0, "the optimizer's real full-batch step goes uphill"
+    assert f["uphill_rate_last_half"] >= 0.25, "uphill steps are common, not a fluke"
+    assert f["finite_last"] == 1.0 and f["loss_last"] < f["loss_first"], "bounded: not divergence"
+    assert f["loss_at_stable_lr"] < f["loss_last"], "a smaller lr does better: the obstacle costs"
+
+
+@pytest.mark.parametrize("name", _names("gradient_noise"))
+def test_gradient_noise(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert f["late_checkpoints"] >= 4
+    assert f["late_full_step_dJ_max"] < 0, (
+        "the full-batch step goes downhill at every late checkpoint"
+    )
+    # At a noise floor the minibatch steps' mean ΔJ is ≈ 0 (stationarity), so about half go uphill.
+    assert f["late_minibatch_uphill_fraction"] >= 0.4
+    assert f["late_minibatch_dJ_mean"] > 0.5 * f["late_full_step_dJ_mean"], (
+        "noise eats the progress"
+    )
+    assert f["sharpness"] < f["sharpness_threshold"], "stable lr: not conditioning"
+    assert f["noise_to_signal"] > 1, "tr(Σ) of the batch gradients exceeds |ḡ|²"
+    assert f["floor_over_full_batch"] >= 2, "a floor well above the full-batch run's loss"
+    assert 0.5 <= f["plateau_ratio"] <= 2, "on a plateau"
+
+
+@pytest.mark.parametrize("name", _names("no_critical_point"))
+def test_no_critical_point(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert f["min_margin"] > 0, "the data are separated: the loss has no minimum"
+    assert f["norm_growth_last_half"] > 1.02, "‖θ‖ keeps growing"
+    assert f["loss_last"] < 0.7 * f["loss_mid"] and f["decreasing_pairs"] == 1.0, "loss creeps down"
+    assert f["grad_norm_last"] < f["grad_norm_mid"] and f["lambda_max_last"] < f["lambda_max_mid"]
+
+
+@pytest.mark.parametrize("name", _names("divergence"))
+def test_divergence(name: str, run: Callable[[str], Run]) -> None:
+    info, run_dir = run(name)
+    f = info.facts
+    assert f["finite_last"] == 0.0 or f["loss_peak_over_first"] >= 100
+    assert f["loss_mid"] > 100 * f["loss_first"], "explodes before any inf/NaN"
+    if f["finite_last"] == 0.0:
+        last = load_checkpoint(list_checkpoints(run_dir)[-1][1])
+        assert not all(torch.isfinite(t).all() for t in last.state.values())
+        assert last.train_loss is not None and not math.isfinite(last.train_loss)
+
+
+@pytest.mark.parametrize("name", _names("overfitting"))
+def test_overfitting(name: str, run: Callable[[str], Run]) -> None:
+    info, _ = run(name)
+    f = info.facts
+    assert f["train_fall_last_half"] < 0.9, "training loss falls over the last half"
+    assert f["val_rise_last_half"] > 1.05, "validation loss rises over the last half"
+    assert f["val_increasing_pairs_last_half"] >= 0.75
+    assert f["val_best_step"] <= info.steps[-1] / 2 and f["val_last"] > 1.2 * f["val_min"]
