@@ -89,7 +89,7 @@ class ConnectError(TransportError):
     """The service could not be reached."""
 
 
-class TimeoutError(TransportError):  # noqa: A001 - deliberate, mirrors httpx.TimeoutException
+class TimeoutError(TransportError):
     """The service did not answer in time."""
 
 

@@ -117,13 +117,15 @@ def test_hvp_agrees_with_finite_differences_and_forward_over_reverse(
 
 def test_probe_batch_dimension_is_dynamic(saved_runs: dict[str, Path]) -> None:
     probe = obstacle.Probe.load(saved_runs["mlp"])
-    model, loss_fn, batches = build("mlp")
+    model, loss_fn, _batches = build("mlp")
     program = probe.program.module()
     for size in (1, 3, 11):
         x = torch.randn(size, 5, dtype=torch.float64)
         y = torch.randint(0, 3, (size,))
         model.eval()
-        assert float(program(x, y).detach()) == pytest.approx(float(loss_fn(model(x), y).detach()), rel=1e-12)
+        assert float(program(x, y).detach()) == pytest.approx(
+            float(loss_fn(model(x), y).detach()), rel=1e-12
+        )
 
 
 def test_manifest_lists_names_shapes_and_versions(saved_runs: dict[str, Path]) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from obstacle.artifacts.safetensors_header import SafetensorsHeader
 from obstacle.errors import CheckpointError, ProbeError
 
-MANIFEST_FORMAT = "obstacle.probe/1"
+MANIFEST_FORMAT: Literal["obstacle.probe/1"] = "obstacle.probe/1"
 
 # torch dtype name -> safetensors dtype code
 SAFETENSORS_DTYPES = {

@@ -162,7 +162,8 @@ def analyze_checkpoint(
 ) -> Record:
     """The battery's record for one checkpoint (JSON-ready: non-finite values become null)."""
     session = _Session(Path(run_dir), get_preset(preset), device, dtype)
-    return to_json(_run_checkpoint(session, step, {}))
+    record: Record = to_json(_run_checkpoint(session, step, {}))
+    return record
 
 
 def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -> Record:
@@ -180,11 +181,17 @@ def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -
         for d in (escape.get("delta_plus") or []) + (escape.get("delta_minus") or [])
         if d is not None
     ]
-    changes = sorted(abs(d) for d in (steps.get("minibatch_changes") or []) if d is not None and math.isfinite(d))
+    changes = sorted(
+        abs(d) for d in (steps.get("minibatch_changes") or []) if d is not None and math.isfinite(d)
+    )
     full_change = steps.get("full_step_change")
     scale = changes[len(changes) // 2] if changes else None
     # How much a clean full-batch step gains against a typical minibatch step's change.
-    signal = -full_change / scale if scale and full_change is not None and math.isfinite(full_change) else None
+    signal = (
+        -full_change / scale
+        if scale and full_change is not None and math.isfinite(full_change)
+        else None
+    )
     return {
         "step": ck.step,
         "lr": ck.lr,
@@ -300,9 +307,10 @@ def summarize_run(
     verdict = judge(ordered, target_loss=target_loss, thresholds=limits)
     for r in ordered:
         r.pop("_curvature_cv", None)
-    return to_json(
+    report: dict[str, Any] = to_json(
         {"schema": REPORT_SCHEMA, "verdict": verdict, "checkpoints": ordered, "run": run}
     )
+    return report
 
 
 def analyze(

@@ -42,7 +42,7 @@ def healthy_digits(run_dir: Path) -> None:
             )
         append_train_log(run_dir, step=step, lr=0.05, loss=float(loss.detach()))
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 
@@ -58,9 +58,7 @@ def saddle_deep_linear(run_dir: Path) -> None:
     x = torch.randn(256, 6, generator=g, dtype=torch.float64)
     w = torch.randn(6, 4, generator=g, dtype=torch.float64)
     y = x @ w
-    model = nn.Sequential(
-        nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)
-    ).double()
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.Linear(6, 4, bias=False)).double()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e-4 / p.norm())
@@ -71,9 +69,11 @@ def saddle_deep_linear(run_dir: Path) -> None:
     for step in range(61):
         loss = F.mse_loss(model(x), y)
         if step % 10 == 0:
-            obstacle.save_checkpoint(run_dir, model, step=step, lr=lr, train_loss=float(loss.detach()))
+            obstacle.save_checkpoint(
+                run_dir, model, step=step, lr=lr, train_loss=float(loss.detach())
+            )
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 
@@ -93,7 +93,7 @@ def divergent(run_dir: Path) -> None:
                 run_dir, model, step=step, lr=lr, train_loss=float(loss.detach()), optimizer=opt
             )
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 

@@ -240,7 +240,7 @@ class LossEngine:
             warnings.filterwarnings(
                 "ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning
             )
-            _, hv = torch.func.jvp(grad_fn, (theta.detach(),), (v,))
+            _, hv = torch.func.jvp(grad_fn, (theta.detach(),), (v,))[:2]
         self.cost.hvp += 1
         return hv.detach()  # type: ignore[no-any-return]
 

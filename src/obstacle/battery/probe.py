@@ -267,7 +267,8 @@ def _export(model: nn.Module, loss_fn: LossFn, batch: Batch) -> torch.export.Exp
         raise ProbeError(
             f"loss_fn must return a scalar tensor (use reduction='mean'); it returned {shape}."
         )
-    return program
+    exported: torch.export.ExportedProgram = program
+    return exported
 
 
 @contextlib.contextmanager
@@ -336,9 +337,11 @@ def _manifest(
 
 
 def _buffer(program: torch.export.ExportedProgram, name: str) -> torch.Tensor:
-    if name in program.state_dict:
-        return program.state_dict[name]
-    return program.constants[name]  # non-persistent buffers
+    found = program.state_dict.get(name)
+    if found is None:
+        found = program.constants[name]  # non-persistent buffers
+    assert isinstance(found, torch.Tensor)
+    return found
 
 
 def _strip(name: str) -> str:

@@ -59,7 +59,9 @@ def test_a_converging_run_is_healthy_and_every_obstacle_is_ruled_out_with_a_reas
 
 def test_non_finite_loss_is_divergence_and_silences_other_rules() -> None:
     losses = [1.0, 2.0, 50.0, math.nan, None, None, None, None, None]
-    verdict = judge(_records(loss=losses, finite=[True, True, True, False, False, False, False, False, False]))
+    verdict = judge(
+        _records(loss=losses, finite=[True, True, True, False, False, False, False, False, False])
+    )
     assert verdict["primary"] == "divergence"
     assert _present(verdict) == {"divergence": 1.0}
     assert verdict["obstacles"][0]["steps"][0] == 30
@@ -72,20 +74,34 @@ def test_explosion_without_nan_is_divergence() -> None:
 
 def test_saddle_needs_plateau_negative_curvature_and_a_descending_escape() -> None:
     flat = [1.0] * 9
-    base = {"loss": flat, "lambda_min": -1.0, "lambda_max": 2.0, "escape_delta": -0.05, "grad_norm": 1e-4}
+    base = {
+        "loss": flat,
+        "lambda_min": -1.0,
+        "lambda_max": 2.0,
+        "escape_delta": -0.05,
+        "grad_norm": 1e-4,
+    }
     assert judge(_records(**base))["primary"] == "saddle_point"
     # No descent along the eigenvector: not an escapable saddle.
     assert judge(_records(**{**base, "escape_delta": 0.0}))["primary"] != "saddle_point"
     # Still making progress: passing a saddle region is not being stuck at one.
-    assert judge(_records(**{**base, "loss": [1.0 / (1 + i) for i in range(9)]}))["primary"] != "saddle_point"
+    assert (
+        judge(_records(**{**base, "loss": [1.0 / (1 + i) for i in range(9)]}))["primary"]
+        != "saddle_point"
+    )
 
 
 def test_plateau_without_negative_curvature_is_a_minimum_judged_against_the_target() -> None:
-    records = _records(loss=[2.0, 1.0, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], grad_norm=[1, 0.5, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-6])
+    records = _records(
+        loss=[2.0, 1.0, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+        grad_norm=[1, 0.5, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-6],
+    )
     above = judge(records, target_loss=0.1)
     assert above["primary"] == "local_minimum"
     below = judge(records, target_loss=0.6)
-    assert below["primary"] == "healthy" and "converged to a minimum at loss 0.5" in below["summary"]
+    assert (
+        below["primary"] == "healthy" and "converged to a minimum at loss 0.5" in below["summary"]
+    )
     assert judge(records)["primary"] == "healthy"
 
 
@@ -101,9 +117,19 @@ def test_conditioning_needs_the_edge_of_stability_and_uphill_or_stalled_steps() 
 def test_adaptive_runs_are_judged_by_preconditioned_sharpness_not_lr_lambda_max() -> None:
     bouncing = [1.0, 0.8, 0.9, 0.7, 0.85, 0.75, 0.9, 0.8, 0.95]
     # lr·λmax is huge (meaningless for Adam) but the preconditioned sharpness is well inside 38.
-    adam = _records(loss=[1.0 / (1 + i) for i in range(9)], lr_lambda_max=50.0, preconditioned_lr_lambda_max=5.0, preconditioned_threshold=38.0)
+    adam = _records(
+        loss=[1.0 / (1 + i) for i in range(9)],
+        lr_lambda_max=50.0,
+        preconditioned_lr_lambda_max=5.0,
+        preconditioned_threshold=38.0,
+    )
     assert "poor_conditioning" not in _present(judge(adam))
-    unstable = _records(loss=bouncing, preconditioned_lr_lambda_max=60.0, preconditioned_threshold=38.0, full_step_uphill=True)
+    unstable = _records(
+        loss=bouncing,
+        preconditioned_lr_lambda_max=60.0,
+        preconditioned_threshold=38.0,
+        full_step_uphill=True,
+    )
     assert judge(unstable)["primary"] == "poor_conditioning"
 
 
@@ -115,7 +141,9 @@ def test_noise_needs_uphill_minibatch_steps_with_a_downhill_full_step_on_a_plate
     converged = _records(loss=plateau, uphill_fraction_minibatch=1.0, snr=0.0, noise_signal=1e-9)
     assert "gradient_noise" not in _present(judge(converged))
     assert judge(noisy, target_loss=0.6)["primary"] == "healthy"
-    both = _records(loss=plateau, uphill_fraction_minibatch=0.45, full_step_uphill=True, noise_signal=1.0)
+    both = _records(
+        loss=plateau, uphill_fraction_minibatch=0.45, full_step_uphill=True, noise_signal=1.0
+    )
     assert "gradient_noise" not in _present(judge(both))
 
 

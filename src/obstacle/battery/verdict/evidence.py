@@ -5,6 +5,7 @@ Only reads records (plain dicts); computes nothing on the model.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
     finite_grads = [g for g in grads if finite(g)]
     rises = [
         b > a + 1e-12 * max(abs(a), 1.0)
-        for a, b in zip(losses, losses[1:], strict=False)
+        for a, b in itertools.pairwise(losses)
         if finite(a) and finite(b)
     ]
     return (
@@ -88,9 +89,10 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
             last_loss=last,
             late_progress=late_progress,
             fluctuation=fluctuation,
-        # A plateau: the fitted decrease is below plateau_rel of the loss, or no larger than the
-        # checkpoints' own scatter around the trend (minibatch noise can fake or hide progress).
-        plateau=finite(late_progress) and late_progress < max(thresholds.plateau_rel, 2 * fluctuation),
+            # A plateau: the fitted decrease is below plateau_rel of the loss, or no larger than the
+            # checkpoints' own scatter around the trend (minibatch noise can fake or hide progress).
+            plateau=finite(late_progress)
+            and late_progress < max(thresholds.plateau_rel, 2 * fluctuation),
             non_finite_steps=non_finite,
             peak_grad=max(finite_grads) if finite_grads else math.nan,
             last_grad=grads[-1] if grads else math.nan,

@@ -367,7 +367,7 @@ def poor_conditioning(facts: RunFacts, t: Thresholds) -> Finding:
 
 def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) -> Finding:
     f = Finding("gradient_noise")
-    mini, mini_steps = _late_fraction(
+    _mini, mini_steps = _late_fraction(
         facts, "uphill_fraction_minibatch", lambda v: v >= t.minibatch_uphill_fraction
     )
     mean_mini = _mean(facts, "uphill_fraction_minibatch")
@@ -422,7 +422,11 @@ def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) ->
         f"{fmt(100 * mean_mini)}% of simulated minibatch steps go uphill on the full probe loss",
         mean_mini,
     )
-    f.add("steps", f"while the full-batch step goes downhill, gaining {fmt(signal)}× a typical minibatch change", signal)
+    f.add(
+        "steps",
+        f"while the full-batch step goes downhill, gaining {fmt(signal)}× a typical minibatch change",
+        signal,
+    )
     if finite(snr):
         f.add("noise", f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)}", snr)
     scale = _median(facts, "noise_scale")
@@ -471,13 +475,19 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
     if not (outward and fading):
         f.reason = (
             f"‖θ‖ grows ({fmt(100 * growth)}%) but "
-            + ("" if outward else f"the descent direction does not point outward (cos(−g, θ) = {fmt(-cos)})")
+            + (
+                ""
+                if outward
+                else f"the descent direction does not point outward (cos(−g, θ) = {fmt(-cos)})"
+            )
             + (" and " if not outward and not fading else "")
             + ("" if fading else f"the curvature does not fade (λmax at {fmt(fade)} of its peak)")
         )
         f.confidence = 0.35 if (outward or fading) else 0.2
         return f
-    f.confidence = _clip(0.6 + 0.4 * _ramp(-cos, t.outward_cosine, 0.9) * _ramp(1 - fade, 1 - t.curvature_fade, 0.9))
+    f.confidence = _clip(
+        0.6 + 0.4 * _ramp(-cos, t.outward_cosine, 0.9) * _ramp(1 - fade, 1 - t.curvature_fade, 0.9)
+    )
     f.steps = [int(r["step"]) for r in facts.late]
     f.add(
         "gradient",
