@@ -29,20 +29,38 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class Cost:
-    """How many evaluations a computation used (each over the probe batches it touched)."""
+    """How many evaluations a computation used.
+
+    ``loss``/``grad``/``hvp`` count calls, each over whatever batches it touched (the whole probe
+    or one batch); the ``*_batches`` fields count single-batch passes, the unit in which
+    ``bench/battery_floor.py`` prices the battery's floor.
+    """
 
     loss: int = 0
     grad: int = 0
     hvp: int = 0
+    loss_batches: int = 0
+    grad_batches: int = 0
+    hvp_batches: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"loss_evals": self.loss, "grad_evals": self.grad, "hvp_evals": self.hvp}
+        return {
+            "loss_evals": self.loss,
+            "grad_evals": self.grad,
+            "hvp_evals": self.hvp,
+            "loss_batch_passes": self.loss_batches,
+            "grad_batch_passes": self.grad_batches,
+            "hvp_batch_passes": self.hvp_batches,
+        }
 
     def __sub__(self, other: Cost) -> Cost:
-        return Cost(self.loss - other.loss, self.grad - other.grad, self.hvp - other.hvp)
+        return Cost(*(a - b for a, b in zip(self._values(), other._values(), strict=True)))
 
     def copy(self) -> Cost:
-        return Cost(self.loss, self.grad, self.hvp)
+        return Cost(*self._values())
+
+    def _values(self) -> tuple[int, ...]:
+        return (self.loss, self.grad, self.hvp, self.loss_batches, self.grad_batches, self.hvp_batches)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -185,6 +203,7 @@ class LossEngine:
         """J_k(θ) for each probe batch (non-finite values are returned, not raised)."""
         with torch.no_grad():
             self.cost.loss += 1
+            self.cost.loss_batches += len(self.batches)
             return torch.stack([self._call(theta, b) for b in self.batches])
 
     def loss(self, theta: Tensor, batch: int | str | None = None) -> float:
@@ -193,6 +212,7 @@ class LossEngine:
             if batch is None:
                 return float(self.batch_losses(theta).mean())
             self.cost.loss += 1
+            self.cost.loss_batches += 1
             return float(self._call(theta, self._batch(batch)))
 
     def _objective(self, theta: Tensor, batch: int | None) -> Tensor:
@@ -207,6 +227,7 @@ class LossEngine:
             value = self._objective(t, batch)
             (g,) = torch.autograd.grad(value, t)
         self.cost.grad += 1
+        self.cost.grad_batches += self._passes(batch)
         return float(value.detach()), g.detach()
 
     def batch_grads(self, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -225,7 +246,13 @@ class LossEngine:
             value = self._objective(t, batch)
             (g,) = torch.autograd.grad(value, t, create_graph=True)
         self.cost.grad += 1
-        return HessianOperator(theta=t, grad=g, loss=float(value.detach()), engine=self)
+        self.cost.grad_batches += self._passes(batch)
+        return HessianOperator(
+            theta=t, grad=g, loss=float(value.detach()), engine=self, passes=self._passes(batch)
+        )
+
+    def _passes(self, batch: int | None) -> int:
+        return len(self.batches) if batch is None else 1
 
     def hvp_forward_over_reverse(
         self, theta: Tensor, v: Tensor, batch: int | None = None
@@ -242,6 +269,7 @@ class LossEngine:
             )
             _, hv = torch.func.jvp(grad_fn, (theta.detach(),), (v,))[:2]
         self.cost.hvp += 1
+        self.cost.hvp_batches += self._passes(batch)
         return hv.detach()  # type: ignore[no-any-return]
 
 
@@ -253,6 +281,7 @@ class HessianOperator:
     grad: Tensor
     loss: float
     engine: LossEngine
+    passes: int = 1  # probe batches in the graph: the unit cost of one product
 
     @property
     def gradient(self) -> Tensor:
@@ -265,6 +294,7 @@ class HessianOperator:
     def __call__(self, v: Tensor) -> Tensor:
         (hv,) = torch.autograd.grad(self.grad, self.theta, v, retain_graph=True)
         self.engine.cost.hvp += 1
+        self.engine.cost.hvp_batches += self.passes
         return hv.detach()
 
     def as_function(self) -> Callable[[Tensor], Tensor]:

@@ -146,11 +146,15 @@ _Parts = tuple[int, Tensor, Tensor, Tensor]
 
 
 def _centred_gram(grads: Tensor) -> _Parts:
-    """(K, ‖ḡ‖², h = D·ḡ, M = D·Dᵀ) with D the centred gradients, in float64."""
+    """(K, ‖ḡ‖², h = D·ḡ, M = D·Dᵀ) with D the centred gradients, in float64 on the CPU.
+
+    The products run where the gradients live (the GPU, say); the K-sized results move to the
+    CPU, where the bootstrap's counts are.
+    """
     g = grads.detach().to(torch.float64)
     mean = g.mean(dim=0)
     centred = g - mean
-    return g.shape[0], mean @ mean, centred @ mean, centred @ centred.T
+    return g.shape[0], (mean @ mean).cpu(), (centred @ mean).cpu(), (centred @ centred.T).cpu()
 
 
 def _estimates(counts: Tensor, parts: _Parts, batch_size: int) -> dict[str, Tensor]:
