@@ -352,15 +352,24 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         return process
 
     yield start
+    for process in started:  # all at once: they shut down in parallel
+        if process.popen.poll() is None:
+            process.popen.terminate()
     for process in started:
         process.stop()
 
 
-def start_worker(start: Callable[..., Process], settings: Settings, name: str) -> Process:
-    """``obstacle worker`` (one solo process), returned once it takes tasks."""
+WORKER_READY = r"ready\."
+
+
+def start_worker(
+    start: Callable[..., Process], settings: Settings, name: str, *, wait: bool = True
+) -> Process:
+    """``obstacle worker`` (one solo process), returned once it takes tasks (unless ``wait=False``)."""
     argv = [*OBSTACLE_CLI, "worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"]
     worker = start(argv, service_env(settings), name)
-    worker.wait_for(r"ready\.", timeout=60)
+    if wait:
+        worker.wait_for(WORKER_READY, timeout=60)
     return worker
 
 
@@ -379,3 +388,19 @@ def start_api(start: Callable[..., Process], settings: Settings) -> str:
             pass
         time.sleep(0.1)
     raise AssertionError(f"the API at {base} did not become healthy; log:\n{api.text()[-4000:]}")
+
+
+def poll(
+    client: httpx.Client, analysis_id: str, headers: dict[str, str], timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen: list[dict[str, int]] = []
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(f"/v1/analyses/{analysis_id}", headers=headers).json()
+        if not seen or seen[-1] != body["progress"]:
+            seen.append(body["progress"])
+        if body["state"] in ("succeeded", "failed"):
+            body["_progress_seen"] = seen
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"analysis {analysis_id} did not finish in {timeout} s; progress {seen}")

@@ -112,3 +112,8 @@ def write_run(
         loss.backward()
         opt.step()
     return run_dir
+
+
+def calls(cost: dict[str, int]) -> dict[str, int]:
+    """The call counts of a record's ``cost`` (without the single-batch pass counts)."""
+    return {k: cost[k] for k in ("loss_evals", "grad_evals", "hvp_evals")}

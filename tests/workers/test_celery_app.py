@@ -37,4 +37,4 @@ def test_tasks_are_acknowledged_late_bounded_and_come_back_fast() -> None:
     checkpoint = conf["tasks"]["obstacle.analyze_checkpoint"]
     assert checkpoint == {"acks_late": True, "reject": True, "time_limit": 100, "soft": 90}
     finalize = conf["tasks"]["obstacle.finalize_analysis"]
-    assert finalize == {"acks_late": True, "reject": True, "time_limit": 110, "soft": 100}
+    assert finalize == {"acks_late": True, "reject": True, "time_limit": 110, "soft": 99}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,30 +9,37 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest_services import Process, Tenant, make_settings, start_api, start_worker, upload_run
+from conftest_services import (
+    WORKER_READY,
+    Process,
+    Tenant,
+    make_settings,
+    poll,
+    start_api,
+    start_worker,
+    upload_run,
+)
+from obstacle.artifacts.layout import TRAIN_LOG, list_checkpoints
 from obstacle.battery.analysis import analyze
+from scenarios.builders import SCENARIOS
 
-
-def poll(
-    client: httpx.Client, analysis_id: str, headers: dict[str, str], timeout: float
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    seen: list[dict[str, int]] = []
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = client.get(f"/v1/analyses/{analysis_id}", headers=headers).json()
-        if not seen or seen[-1] != body["progress"]:
-            seen.append(body["progress"])
-        if body["state"] in ("succeeded", "failed"):
-            body["_progress_seen"] = seen
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"analysis {analysis_id} did not finish in {timeout} s; progress {seen}")
+SCENARIO = "poor_conditioning/tanh_mlp_momentum"  # SGD with momentum: optimizer state travels too
 
 
 @pytest.fixture(scope="module")
-def local_report(tiny_run: Path) -> dict[str, Any]:
+def scenario_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scenario run of the verdict suite, as a client uploads it (the service receives the probe
+    and the checkpoints, not the training log)."""
+    run_dir = tmp_path_factory.mktemp("scenario") / "run"
+    SCENARIOS[SCENARIO](run_dir)
+    (run_dir / TRAIN_LOG).unlink(missing_ok=True)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def local_report(scenario_run: Path) -> dict[str, Any]:
     """`obstacle analyze` on the same run directory, in this process (once for both databases)."""
-    return analyze(tiny_run, preset="quick", target_loss=0.05)
+    return analyze(scenario_run, preset="quick")
 
 
 @pytest.mark.slow
@@ -43,30 +49,34 @@ def test_upload_analyse_and_get_the_local_verdict(
     redis_url: str,
     tmp_path: Path,
     tenant: Tenant,
-    tiny_run: Path,
+    scenario_run: Path,
     processes: Callable[..., Process],
 ) -> None:
     settings = make_settings(database_url, redis_url, tmp_path)
+    worker = start_worker(processes, settings, "worker", wait=False)  # both start at once
     base = start_api(processes, settings)
-    start_worker(processes, settings, "worker")
+    worker.wait_for(WORKER_READY, timeout=60)
     with httpx.Client(base_url=base, timeout=30) as client:
-        run_id = upload_run(client, tiny_run, tenant.headers)
+        run_id = upload_run(client, scenario_run, tenant.headers)
         started = client.post(
-            f"/v1/runs/{run_id}/analyses",
-            json={"preset": "quick", "target_loss": 0.05},
-            headers=tenant.headers,
+            f"/v1/runs/{run_id}/analyses", json={"preset": "quick"}, headers=tenant.headers
         )
         assert started.status_code == 202, started.text
         result = poll(client, started.json()["id"], tenant.headers, timeout=120)
         assert result["state"] == "succeeded", result
-        assert result["progress"] == {"done": 3, "total": 3, "running": 0, "failed": 0}
+        steps = [step for step, _ in list_checkpoints(scenario_run)]
+        total = len(steps)
+        assert result["progress"] == {"done": total, "total": total, "running": 0, "failed": 0}
         assert result["errors"] == []
 
         local = local_report
         remote = result["report"]
         assert remote["schema"] == "obstacle.report/1"
-        assert [c["step"] for c in remote["checkpoints"]] == [5, 10, 15]
-        assert remote["verdict"]["primary"] == local["verdict"]["primary"]
+        assert [c["step"] for c in remote["checkpoints"]] == steps
+        assert remote["verdict"]["primary"] == local["verdict"]["primary"], (
+            remote["verdict"],
+            local["verdict"],
+        )
         assert [o["kind"] for o in remote["verdict"]["obstacles"]] == [
             o["kind"] for o in local["verdict"]["obstacles"]
         ]

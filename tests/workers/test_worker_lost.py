@@ -11,11 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from conftest_services import Process, Tenant, make_settings, start_worker, upload_run
+from conftest_services import Process, Tenant, make_settings, poll, start_worker, upload_run
 from obstacle.service.app import create_app
 from obstacle.service.db import create_db_engine, session_factory
 from obstacle.service.models import CheckpointResult
-from workers.test_end_to_end import poll
 
 
 @pytest.mark.slow
@@ -32,9 +31,9 @@ def test_a_killed_workers_checkpoint_is_redelivered_and_counted_once(
         database_url,
         redis_url,
         tmp_path,
-        visibility_timeout_s=6,
-        checkpoint_time_limit_s=5,
-        finalize_time_limit_s=5,
+        visibility_timeout_s=4,
+        checkpoint_time_limit_s=3,
+        finalize_time_limit_s=3,
     )
     engine = create_db_engine(database_url)
     sessions = session_factory(engine)
@@ -64,7 +63,7 @@ def test_a_killed_workers_checkpoint_is_redelivered_and_counted_once(
         killed_at = time.monotonic()
 
         start_worker(processes, settings, "worker-b")
-        result = poll(client, str(analysis_id), tenant.headers, timeout=90)  # type: ignore[arg-type]
+        result = poll(client, str(analysis_id), tenant.headers, timeout=90)
 
     assert result["state"] == "succeeded", result
     assert result["progress"] == {"done": 3, "total": 3, "running": 0, "failed": 0}

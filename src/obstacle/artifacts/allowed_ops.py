@@ -242,6 +242,9 @@ _CORE_EXTRA = frozenset(
         "sym_numel.default",
         "sym_stride.int",
         "_assert_scalar.default",
+        # a metadata assertion export records for no-op `.to()` calls (transformers' attention
+        # masks); it checks dtype/device/shape and touches no data
+        "_assert_tensor_metadata.default",
     }
 )
 

@@ -10,6 +10,7 @@ Three entry points, shared by ``obstacle analyze`` and the Celery workers:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,20 @@ from obstacle.errors import RunDirectoryError
 REPORT_SCHEMA = "obstacle.report/1"
 Progress = Callable[[str, int, int], None]
 
-_PROBES: dict[tuple[str, str], Probe] = {}
+_PROBES: OrderedDict[tuple[str, str], Probe] = OrderedDict()
+_PROBE_CACHE_SIZE = 8  # a worker sees many runs; keep the most recently used programs
 
 
 def load_probe(run_dir: Path) -> Probe:
-    """The run's probe, loaded once per process and cached by content hash."""
+    """The run's probe, loaded once per process and cached by content hash (LRU)."""
     manifest = read_manifest(Path(run_dir) / PROBE_DIR / PROBE_MANIFEST)
     key = (str(Path(run_dir).resolve()), manifest.content_hash)
-    if key not in _PROBES:
+    if key in _PROBES:
+        _PROBES.move_to_end(key)
+    else:
         _PROBES[key] = Probe.load(run_dir)
+        while len(_PROBES) > _PROBE_CACHE_SIZE:
+            _PROBES.popitem(last=False)
     return _PROBES[key]
 
 

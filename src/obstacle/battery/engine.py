@@ -60,7 +60,14 @@ class Cost:
         return Cost(*self._values())
 
     def _values(self) -> tuple[int, ...]:
-        return (self.loss, self.grad, self.hvp, self.loss_batches, self.grad_batches, self.hvp_batches)
+        return (
+            self.loss,
+            self.grad,
+            self.hvp,
+            self.loss_batches,
+            self.grad_batches,
+            self.hvp_batches,
+        )
 
 
 def resolve_device(device: str) -> torch.device:

@@ -116,7 +116,6 @@ class LanczosProcess:
             min(32, self.dim), self.dim, dtype=start.dtype, device=start.device
         )
         self._rows[0] = start / norm
-        self.size = 1  # vectors stored; after k steps, k + 1 unless broken down
         self.alphas: list[float] = []
         self.betas: list[float] = []
         self.matvecs = 0
@@ -154,7 +153,6 @@ class LanczosProcess:
                 grown[: j + 1] = self._rows[: j + 1]
                 self._rows = grown
             self._rows[j + 1] = w / beta
-            self.size = j + 2
         return beta
 
     def ritz_vector(self, s: np.ndarray[Any, Any]) -> Tensor:

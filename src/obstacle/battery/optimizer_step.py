@@ -268,7 +268,9 @@ class OptimizerModel:
             h, s = seg.hyper, seg.state
             if not seg.optimized:
                 parts.append(
-                    torch.full((seg.stop - seg.start,), _NEVER_MOVES, dtype=self.dtype, device=self.device)
+                    torch.full(
+                        (seg.stop - seg.start,), _NEVER_MOVES, dtype=self.dtype, device=self.device
+                    )
                 )
             elif self.optimizer_class in ("Adam", "AdamW"):
                 v = s["max_exp_avg_sq"] if h["amsgrad"] else s["exp_avg_sq"]

@@ -9,7 +9,6 @@ and so attention runs through the math kernel, which has a double backward).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import obstacle
+from obstacle.artifacts.bundle import probe_content_hash
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_DIR, PROBE_MANIFEST, PROBE_PROGRAM
 from obstacle.artifacts.manifest import InputSpec, ProbeManifest, TensorSpec, read_manifest
 from obstacle.errors import ProbeError
@@ -139,18 +139,14 @@ class Probe:
 
 
 def content_hash(probe_dir: Path) -> str:
-    """SHA-256 over the program archive and the probe data, in that order."""
-    digest = hashlib.sha256()
+    """SHA-256 over the program archive and the probe data (the service computes the same)."""
     for name in (PROBE_PROGRAM, PROBE_DATA):
         path = probe_dir / name
         if not path.exists():
             raise ProbeError(
                 f"{path}: missing probe file. Capture the probe again with Probe.capture(...).save()."
             )
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return probe_content_hash(probe_dir)
 
 
 def _check_batches(batches: Sequence[Sequence[torch.Tensor]]) -> list[Batch]:
@@ -313,8 +309,13 @@ def _manifest(
     # Only the model's own tensors travel in checkpoints; a loss module's buffers (class
     # weights, say) stay fixed inside the program.
     params = [_spec(_strip(n), state[n]) for n in sig.parameters if n.startswith(_MODEL_PREFIX)]
+    # Non-persistent buffers (e.g. BERT's position_ids) are not in a state_dict, so checkpoints
+    # cannot carry them: they stay fixed inside the program, like a loss module's buffers.
+    transient = set(sig.non_persistent_buffers)
     buffers = [
-        _spec(_strip(n), _buffer(program, n)) for n in sig.buffers if n.startswith(_MODEL_PREFIX)
+        _spec(_strip(n), _buffer(program, n))
+        for n in sig.buffers
+        if n.startswith(_MODEL_PREFIX) and n not in transient
     ]
     first = batches[0]
     inputs = [
@@ -357,11 +358,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _data_tensors(batches: list[Batch], validation: Batch | None) -> dict[str, torch.Tensor]:
+    # Each tensor gets its own storage: safetensors refuses tensors that share memory (a batch
+    # whose input and target are views of one tensor, say).
     data = {
-        f"batch_{k}.{i}": t.contiguous() for k, b in enumerate(batches) for i, t in enumerate(b)
+        f"batch_{k}.{i}": t.contiguous().clone()
+        for k, b in enumerate(batches)
+        for i, t in enumerate(b)
     }
     if validation is not None:
-        data.update({f"validation.{i}": t.contiguous() for i, t in enumerate(validation)})
+        data.update({f"validation.{i}": t.contiguous().clone() for i, t in enumerate(validation)})
     return data
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "fail_analysis",
     "finalize_analysis",
     "record_checkpoint_error",
+    "release_claim",
 ]
 
 logger = logging.getLogger("obstacle.workers")

@@ -6,6 +6,7 @@ artifact store unreachable), and what to record when the retries are spent.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from contextlib import suppress
 from functools import cache
@@ -37,6 +38,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 MAX_RETRIES = 5
 
+logger = logging.getLogger("obstacle.workers")
+
 
 @cache
 def context() -> jobs.Context:
@@ -59,12 +62,17 @@ def _retry_delay(retries: int) -> int:
     return int(min(60, 2**retries))
 
 
+def _soft(limit: int) -> int:
+    # The soft limit interrupts the battery in time to record why; the hard one kills the process.
+    return max(1, int(limit * 0.9))
+
+
 @app.task(  # type: ignore[untyped-decorator]
     name=ANALYZE_CHECKPOINT,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    soft_time_limit=max(1, settings.checkpoint_time_limit_s - 10),
+    soft_time_limit=_soft(settings.checkpoint_time_limit_s),
     time_limit=settings.checkpoint_time_limit_s,
     max_retries=MAX_RETRIES,
 )
@@ -80,6 +88,10 @@ def analyze_checkpoint(self: Any, analysis_id: str, step: int) -> None:
             raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from exc
         reason = f"step {step}: gave up after {MAX_RETRIES} retries ({type(exc).__name__}: {exc})"
         jobs.record_checkpoint_error(context(), ident, int(step), reason)
+    except Exception as exc:  # not the battery's (it is caught inside): fetching files, a bug
+        logger.exception("analyze_checkpoint(%s, %s) failed", analysis_id, step)
+        reason = f"step {step}: the worker failed around the battery ({type(exc).__name__}: {exc})"
+        jobs.record_checkpoint_error(context(), ident, int(step), reason)
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -87,7 +99,7 @@ def analyze_checkpoint(self: Any, analysis_id: str, step: int) -> None:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    soft_time_limit=max(1, settings.finalize_time_limit_s - 10),
+    soft_time_limit=_soft(settings.finalize_time_limit_s),
     time_limit=settings.finalize_time_limit_s,
     max_retries=MAX_RETRIES,
 )
@@ -103,4 +115,9 @@ def finalize_analysis(self: Any, analysis_id: str) -> None:
             context(),
             ident,
             f"the run-level task gave up after {MAX_RETRIES} retries ({type(exc).__name__}: {exc})",
+        )
+    except Exception as exc:
+        logger.exception("finalize_analysis(%s) failed", analysis_id)
+        jobs.fail_analysis(
+            context(), ident, f"the run-level task failed ({type(exc).__name__}: {exc})"
         )

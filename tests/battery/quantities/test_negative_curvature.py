@@ -143,7 +143,10 @@ def test_escape_scale_follows_the_quadratic_model_and_the_parameter_norm() -> No
     assert escape_scale(8.0, -2.0, 10.0) == pytest.approx(math.sqrt(0.08))
     assert escape_scale(8.0, -2e-6, 10.0) == pytest.approx(1.0)  # nearly flat: capped at 0.1·‖θ‖
     assert escape_scale(0.0, -2.0, 10.0) == pytest.approx(1.0)  # J = 0: the cap sets the scale
-    assert escape_scale(8.0, 0.0, 0.0) == 1.0  # nothing sets a scale: a unit step
+    # At the origin (a saddle reached from a tiny initialisation) the cap is 0.1·max(‖θ‖, 1),
+    # so the certificate's step does not shrink with ‖θ‖ below float noise.
+    assert escape_scale(8.0, -2.0, 1e-6) == pytest.approx(0.1)
+    assert escape_scale(8.0, 0.0, 0.0) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(
@@ -283,8 +286,17 @@ def test_record_is_json_ready_and_states_its_cost() -> None:
     record = NegativeCurvature()(_context(engine, model, options={"slice_points": 11}))
     text = json.dumps(record, allow_nan=False)
     assert json.loads(text) == record
-    # One gradient graph, one HVP per Lanczos step, 2×3 escape losses and the slice.
-    assert record["cost"] == {"loss_evals": 6 + 11, "grad_evals": 1, "hvp_evals": record["matvecs"]}
+    # One gradient graph, one HVP per Lanczos step, 2×3 escape losses and the slice; each over
+    # the probe's 2 batches.
+    hvps = record["matvecs"]
+    assert record["cost"] == {
+        "loss_evals": 6 + 11,
+        "grad_evals": 1,
+        "hvp_evals": hvps,
+        "loss_batch_passes": 2 * (6 + 11),
+        "grad_batch_passes": 2,
+        "hvp_batch_passes": 2 * hvps,
+    }
 
 
 def test_non_finite_checkpoint_is_recorded_not_raised() -> None:

@@ -23,7 +23,7 @@ from obstacle.battery.engine import LossEngine
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.simulated_steps import SimulatedSteps
-from support import classification_batches, quadratic_engine, tiny_mlp
+from support import calls, classification_batches, quadratic_engine, tiny_mlp
 
 LAMBDAS = [0.5, 2.0, 4.0]
 A = torch.diag(torch.tensor(LAMBDAS, dtype=torch.float64))
@@ -79,7 +79,7 @@ def test_quadratic_changes_are_exact_and_noise_sends_minibatch_steps_uphill(
     assert (record["optimizer"], record["step_source"], record["lr"]) == ("sgd", "sgd_at_lr", lr)
     assert record["uphill_tolerance"] == pytest.approx(100 * 2.0**-52 * scale, rel=1e-15)
     assert record["reason"] is None
-    assert record["cost"] == {"loss_evals": 1 + 4 + 1, "grad_evals": 4 + 1, "hvp_evals": 0}
+    assert calls(record["cost"]) == {"loss_evals": 1 + 4 + 1, "grad_evals": 4 + 1, "hvp_evals": 0}
 
 
 @pytest.mark.parametrize("eigen", [1, 2])
@@ -106,7 +106,7 @@ def test_unknown_lr_is_null_with_a_reason(engine: LossEngine) -> None:
     assert record["minibatch_changes"] is None and record["full_step_uphill"] is None
     assert record["uphill_fraction_minibatch"] is None
     assert "learning rate is unknown" in record["reason"]
-    assert record["cost"] == {"loss_evals": 0, "grad_evals": 0, "hvp_evals": 0}
+    assert calls(record["cost"]) == {"loss_evals": 0, "grad_evals": 0, "hvp_evals": 0}
 
 
 def test_non_finite_weights_are_recorded_not_raised(engine: LossEngine) -> None:

@@ -124,8 +124,16 @@ def test_density_integrates_to_one_and_covers_the_spectrum(
     for weights in record["quadrature"]["weights"]:
         assert sum(weights) == pytest.approx(1.0, abs=1e-12)
     json.dumps(record, allow_nan=False)
-    # One gradient graph; the HVPs are the trace's plus one per Lanczos step and probe.
-    assert record["cost"] == {"loss_evals": 0, "grad_evals": 1, "hvp_evals": 30 + 4 * 40}
+    # One gradient graph; the HVPs are the trace's plus one per Lanczos step and probe, each
+    # over the probe's 4 batches.
+    assert record["cost"] == {
+        "loss_evals": 0,
+        "grad_evals": 1,
+        "hvp_evals": 30 + 4 * 40,
+        "loss_batch_passes": 0,
+        "grad_batch_passes": 4,
+        "hvp_batch_passes": 4 * (30 + 4 * 40),
+    }
 
 
 def test_quadrature_on_few_distinct_eigenvalues_is_exact() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from conftest_services import Tenant, upload_run
+from conftest_services import Tenant, make_settings, upload_run
+from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
 from obstacle.service.store import ArtifactStore
 
@@ -65,3 +67,16 @@ def test_deleting_a_run_removes_its_rows_and_files(
     assert client.get(f"/v1/runs/{run_id}/checkpoints", headers=tenant.headers).status_code == 404
     assert store.list_keys(f"runs/{run_id}") == []
     assert client.delete(f"/v1/runs/{run_id}", headers=tenant.headers).status_code == 404
+
+
+def test_uploads_work_with_any_fsspec_store(
+    database_url: str, redis_url: str, tmp_path: Path, tenant: Tenant, tiny_run: Path
+) -> None:
+    url = f"memory://obstacle-{uuid.uuid4().hex}"
+    settings = make_settings(database_url, redis_url, tmp_path, artifact_url=url)
+    with TestClient(create_app(settings)) as client:
+        run_id = upload_run(client, tiny_run, tenant.headers)
+        keys = ArtifactStore(url).list_keys(f"runs/{run_id}")
+        assert len(keys) == 3 + 3 + 3  # probe files, checkpoints, optimizer states
+        assert client.delete(f"/v1/runs/{run_id}", headers=tenant.headers).status_code == 200
+        assert ArtifactStore(url).list_keys(f"runs/{run_id}") == []

@@ -1,0 +1,237 @@
+"""The training callbacks with the real Lightning and transformers, on tiny local models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from obstacle.artifacts.layout import CHECKPOINT_DIR, checkpoint_filename
+from obstacle.battery.analysis import analyze, checkpoint_steps
+from obstacle.battery.checkpoint import load_checkpoint
+from obstacle.battery.probe import Probe
+from obstacle.client import Client
+from obstacle.errors import ParameterError
+
+pl = pytest.importorskip("lightning.pytorch")
+transformers = pytest.importorskip("transformers")
+
+from obstacle.client.callbacks import ObstacleCallback, ObstacleTrainerCallback  # noqa: E402
+
+
+def _assert_run_dir(
+    run_dir: Path, *, steps: list[int], batches: int, lr: float, optimizer: str
+) -> None:
+    probe = Probe.load(run_dir)
+    assert probe.manifest.num_batches == len(probe.batches) == batches
+    assert checkpoint_steps(run_dir) == steps
+    for step in steps:
+        ck = load_checkpoint(run_dir / CHECKPOINT_DIR / checkpoint_filename(step), probe.manifest)
+        assert ck.step == step
+        assert ck.lr == pytest.approx(lr)
+        assert ck.train_loss is not None
+        assert ck.optimizer is not None and ck.optimizer.kind == optimizer
+        assert all({"exp_avg", "exp_avg_sq"} <= set(s) for s in ck.optimizer.state.values())
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert log and all(set(e) == {"step", "lr", "loss"} for e in log)
+    report = analyze(run_dir, preset="quick")
+    assert isinstance(report["verdict"]["primary"], str)
+
+
+# --- Lightning ----------------------------------------------------------------------------
+
+
+class _MLP(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def _fit_lightning(callback: pl.Callback, *, max_steps: int) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    # 40 samples in batches of 16: 16, 16, 8 — the short third batch must not enter the probe.
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True
+    )
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(_MLP(), loader)
+
+
+# Lightning advises DataLoader workers (on machines with more than 2 cores); the data is in memory.
+_FEW_WORKERS = "ignore:The '\\w+_dataloader' does not have many workers"
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
+    callback = ObstacleCallback(
+        run_dir=tmp_path, every_n_steps=10, probe_batches=4, loss_fn=F.cross_entropy
+    )
+    _fit_lightning(callback, max_steps=60)
+
+    _assert_run_dir(tmp_path, steps=[10, 20, 30, 40, 50, 60], batches=4, lr=0.01, optimizer="Adam")
+    assert Probe.load(tmp_path).manifest.batch_size == 16
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_uploads_through_a_run() -> None:
+    sent: list[tuple[str, str]] = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append((request.method, request.url.path))
+        if request.method == "POST":
+            return httpx.Response(201, json={"id": "r1", "name": "mlp"})
+        step = request.url.path.split("/")[5] if "/checkpoints/" in request.url.path else "0"
+        info = {"step": int(step), "sha256": "0" * 64, "size_bytes": 1, "lr": 0.01}
+        return httpx.Response(201, json=info)
+
+    with (
+        Client("http://obstacle.test", "token", transport=httpx.MockTransport(service)) as client,
+        client.create_run("mlp") as run,
+    ):
+        _fit_lightning(
+            ObstacleCallback(run=run, every_n_steps=10, loss_fn=F.cross_entropy), max_steps=20
+        )
+        assert run.uploaded_steps == [10, 20]
+
+    puts = [path for method, path in sent if method == "PUT"]
+    assert puts == [
+        "/v1/runs/r1/probe",
+        "/v1/runs/r1/checkpoints/10",
+        "/v1/runs/r1/checkpoints/10/optimizer",
+        "/v1/runs/r1/checkpoints/20",
+        "/v1/runs/r1/checkpoints/20/optimizer",
+    ]
+
+
+# --- Hugging Face -------------------------------------------------------------------------
+
+
+class _Pairs(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Token sequences with padding at the end; the label says whether token 7 occurs."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 50, (n, 12), generator=g)
+        lengths = torch.randint(6, 13, (n,), generator=g)
+        self.mask = (torch.arange(12) < lengths[:, None]).long()
+        self.ids = self.ids * self.mask
+        self.labels = (self.ids == 7).any(dim=1).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    run_dir = tmp_path / "run"
+    callback = ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10, probe_batches=4)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    # 20 samples in batches of 8: 8, 8, 4 — the short third batch must not enter the probe.
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=_Pairs(20), callbacks=[callback]
+    )
+    trainer.train()
+
+    _assert_run_dir(run_dir, steps=[10, 20, 30, 40], batches=4, lr=1e-3, optimizer="AdamW")
+    manifest = Probe.load(run_dir).manifest
+    assert manifest.batch_size == 8
+    # attention_mask, input_ids, labels — then labels again as the target.
+    assert len(manifest.inputs) == 4
+    assert "model.bert.embeddings.position_ids" in {b.name for b in manifest.buffers}
+    assert manifest.model_class.endswith("BertForSequenceClassification)")
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [ObstacleCallback, ObstacleTrainerCallback])
+def test_exactly_one_destination(cls: type, tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match=r"exclusive: pass exactly one.*Got neither"):
+        cls()
+    with pytest.raises(ParameterError, match=r"must be an obstacle\.client\.Run"):
+        cls(run=str(tmp_path))
+    with pytest.raises(ParameterError, match="Got both"):
+        cls(run_dir=tmp_path, run=object())
+
+
+@pytest.mark.parametrize("cls", [ObstacleCallback, ObstacleTrainerCallback])
+def test_every_n_steps_and_probe_batches_are_validated(cls: type, tmp_path: Path) -> None:
+    with pytest.raises(
+        ParameterError,
+        match=r"The 'every_n_steps' parameter must be an int in the range \[1, inf\). Got 0",
+    ):
+        cls(run_dir=tmp_path, every_n_steps=0)
+    with pytest.raises(ParameterError, match="'probe_batches' parameter must be an int"):
+        cls(run_dir=tmp_path, probe_batches=2.5)
+
+
+def test_module_imports_without_the_libraries_and_names_the_install() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('lightning', 'lightning.pytorch', 'transformers'):\n"
+        "    sys.modules[name] = None\n"
+        "import obstacle.client.callbacks as callbacks\n"
+        "for name in ('ObstacleCallback', 'ObstacleTrainerCallback'):\n"
+        "    try:\n"
+        "        getattr(callbacks, name)\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "ObstacleCallback needs Lightning" in out
+    assert "ObstacleTrainerCallback needs Hugging Face transformers" in out
+    assert out.count("pip install 'obstacle-detector[client]'") == 2
