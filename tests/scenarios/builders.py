@@ -32,21 +32,12 @@ from torch.nn import functional as F
 import obstacle
 from obstacle.artifacts.layout import CHECKPOINT_DIR, checkpoint_filename, optimizer_filename
 from obstacle.battery.checkpoint import append_train_log
+from obstacle.labels import LABELS
 
 Batch = tuple[Tensor, ...]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Builder = Callable[[Path], "ScenarioInfo"]
 
-LABELS = (
-    "healthy",
-    "local_minimum",
-    "saddle_point",
-    "poor_conditioning",
-    "gradient_noise",
-    "no_critical_point",
-    "divergence",
-    "overfitting",
-)
 
 DTYPE = torch.float64
 # Models up to this many parameters get the full Hessian; λmax of larger ones comes from Lanczos

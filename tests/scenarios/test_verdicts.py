@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from obstacle.battery.analysis import analyze
+from obstacle.labels import LABELS, OBSTACLE_LABELS
 
 from .builders import SCENARIOS
 
@@ -50,15 +51,7 @@ def test_scenario_gets_its_label(name: str, tmp_path_factory: pytest.TempPathFac
         assert present[info.label] >= PRESENT, explain
     # Every obstacle is accounted for: present or ruled out with a reason.
     considered = set(present) | {r["kind"] for r in verdict["ruled_out"]}
-    assert considered == {
-        "local_minimum",
-        "saddle_point",
-        "poor_conditioning",
-        "gradient_noise",
-        "no_critical_point",
-        "divergence",
-        "overfitting",
-    }
+    assert considered == set(OBSTACLE_LABELS)
     assert all(r["reason"] for r in verdict["ruled_out"])
     for obstacle in verdict["obstacles"]:
         assert obstacle["evidence"], f"{obstacle['kind']} has no evidence"
@@ -70,15 +63,5 @@ def test_every_label_has_two_architectures() -> None:
     for name in SCENARIOS:
         label, arch = name.split("/", 1)
         by_label.setdefault(label, set()).add(arch)
-    labels = {
-        "healthy",
-        "local_minimum",
-        "saddle_point",
-        "poor_conditioning",
-        "gradient_noise",
-        "no_critical_point",
-        "divergence",
-        "overfitting",
-    }
-    assert set(by_label) == labels
+    assert set(by_label) == set(LABELS)
     assert all(len(archs) >= 2 for archs in by_label.values()), by_label

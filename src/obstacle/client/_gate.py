@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from obstacle.labels import OBSTACLE_LABELS
+
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
@@ -32,16 +34,6 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 2
-
-OBSTACLE_LABELS = (
-    "local_minimum",
-    "saddle_point",
-    "poor_conditioning",
-    "gradient_noise",
-    "no_critical_point",
-    "divergence",
-    "overfitting",
-)
 
 
 def parse_labels(text: str) -> list[str]:

@@ -15,17 +15,6 @@ from typing import Any
 from obstacle.battery.verdict.evidence import RunFacts, finite, fmt, num
 from obstacle.battery.verdict.thresholds import Thresholds
 
-LABELS = (
-    "healthy",
-    "local_minimum",
-    "saddle_point",
-    "poor_conditioning",
-    "gradient_noise",
-    "no_critical_point",
-    "divergence",
-    "overfitting",
-)
-
 
 @dataclass
 class Finding:
