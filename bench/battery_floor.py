@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import obstacle
-from obstacle.battery.analysis import _quantities, _Session, _run_checkpoint
+from obstacle.battery.analysis import _quantities, _run_checkpoint, _Session
 from obstacle.battery.presets import get_preset
 
 
@@ -53,7 +53,11 @@ def build_run(run_dir: Path, hidden: int, checkpoints: int) -> int:
     y = (x @ w + 0.5 * torch.randn(len(x), 10, generator=g, dtype=torch.float64)).argmax(1)
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 10)
+        nn.Linear(64, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, 10),
     ).double()
     batches = [(x[i * 128 : (i + 1) * 128], y[i * 128 : (i + 1) * 128]) for i in range(8)]
     obstacle.Probe.capture(model, F.cross_entropy, batches).save(run_dir)
@@ -81,7 +85,9 @@ def unit_time(fn: Callable[[], object], repeats: int = 7) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=290, help="hidden width (290 → ~105k parameters)")
+    parser.add_argument(
+        "--hidden", type=int, default=290, help="hidden width (290 → ~105k parameters)"
+    )
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--device", default="cpu")
@@ -95,8 +101,10 @@ def main() -> None:
     session = _Session(run_dir, get_preset(args.preset), args.device, args.dtype)
     engine = session.engine
     steps = sorted(session.paths)
-    print(f"model: MLP with {n} parameters, {engine.num_batches} probe batches of {session.probe.manifest.batch_size}; "
-          f"preset {args.preset}; {len(steps)} checkpoints; {args.device} {args.dtype}")
+    print(
+        f"model: MLP with {n} parameters, {engine.num_batches} probe batches of {session.probe.manifest.batch_size}; "
+        f"preset {args.preset}; {len(steps)} checkpoints; {args.device} {args.dtype}"
+    )
 
     # Unit costs of one single-batch pass, measured on this model in this run.
     _, theta = session.theta(steps[-1])
@@ -115,9 +123,13 @@ def main() -> None:
     t_grad = unit_time(timed(lambda: engine.loss_and_grad(theta, 0)))
     t_hvp = unit_time(timed(lambda: op(v)))
     t_hvp_fresh = unit_time(timed(lambda: engine.hessian_operator(theta, 0)(v)))
-    print(f"unit costs per batch: loss {t_loss * 1e3:.2f} ms, gradient {t_grad * 1e3:.2f} ms, "
-          f"HVP {t_hvp * 1e3:.2f} ms reusing the graph ({t_hvp_fresh * 1e3:.2f} ms building it each time)")
-    print(f"HVP/gradient cost ratio: {t_hvp / t_grad:.2f} (graph reused), {t_hvp_fresh / t_grad:.2f} (fresh graph)")
+    print(
+        f"unit costs per batch: loss {t_loss * 1e3:.2f} ms, gradient {t_grad * 1e3:.2f} ms, "
+        f"HVP {t_hvp * 1e3:.2f} ms reusing the graph ({t_hvp_fresh * 1e3:.2f} ms building it each time)"
+    )
+    print(
+        f"HVP/gradient cost ratio: {t_hvp / t_grad:.2f} (graph reused), {t_hvp_fresh / t_grad:.2f} (fresh graph)"
+    )
 
     # The battery per checkpoint, then the run level, with its counts.
     _quantities(session.preset)  # import the quantity modules before timing
@@ -130,8 +142,10 @@ def main() -> None:
     wall = time.perf_counter() - start
     used = engine.cost - before
     floor = used.loss_batches * t_loss + used.grad_batches * t_grad + used.hvp_batches * t_hvp
-    print(f"per-checkpoint battery: {wall:.2f} s wall for {used.loss_batches} loss, {used.grad_batches} gradient "
-          f"and {used.hvp_batches} HVP single-batch passes")
+    print(
+        f"per-checkpoint battery: {wall:.2f} s wall for {used.loss_batches} loss, {used.grad_batches} gradient "
+        f"and {used.hvp_batches} HVP single-batch passes"
+    )
     print(f"floor (passes × unit costs): {floor:.2f} s")
     print(f"RATIO wall/floor = {wall / floor:.3f}  (target ≤ 1.15)")
 

@@ -64,9 +64,13 @@ def ensure_probe(run_dir: Path) -> None:
 
         manifest = read_manifest(run_dir / "probe" / "manifest.json")
         program = torch.export.load(run_dir / "probe" / "program.pt2")  # our own file, this run
-        batches, validation = _split_data(load_file(str(run_dir / "probe" / "data.safetensors")), manifest, run_dir)
+        batches, validation = _split_data(
+            load_file(str(run_dir / "probe" / "data.safetensors")), manifest, run_dir
+        )
         key = (str(run_dir.resolve()), manifest.content_hash)
-        analysis._PROBES[key] = Probe(program=program, batches=batches, validation=validation, manifest=manifest)
+        analysis._PROBES[key] = Probe(
+            program=program, batches=batches, validation=validation, manifest=manifest
+        )
 
 
 def quantity_smoke(run_dir: Path) -> None:
@@ -85,8 +89,25 @@ def quantity_smoke(run_dir: Path) -> None:
                 log(f"  smoke cuda {dtype} {quantity.name}: ok")
             except Exception as exc:
                 frames = traceback.extract_tb(exc.__traceback__)
-                where = "; ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames if "obstacle" in f.filename)
-                log(f"  smoke cuda {dtype} {quantity.name}: FAILED {type(exc).__name__}: {str(exc)[:200]} at {where}")
+                where = "; ".join(
+                    f"{Path(f.filename).name}:{f.lineno}"
+                    for f in frames
+                    if "obstacle" in f.filename
+                )
+                log(
+                    f"  smoke cuda {dtype} {quantity.name}: FAILED {type(exc).__name__}: {str(exc)[:200]} at {where}"
+                )
+
+
+def timeit(fn: Any, sync: Any, n: int = 10) -> float:
+    """Mean seconds per call of ``fn`` after one warm-up, synchronising the device."""
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / n
 
 
 def main() -> None:
@@ -95,7 +116,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     log(f"machine: {machine()}")
-    runs = {"healthy-digits-mlp": healthy_digits, "saddle-linear": saddle_deep_linear, "mlp-105k": mlp_100k}
+    runs = {
+        "healthy-digits-mlp": healthy_digits,
+        "saddle-linear": saddle_deep_linear,
+        "mlp-105k": mlp_100k,
+    }
     base = Path(args.out or tempfile.mkdtemp())
     for name, build in runs.items():
         run_dir = base / name
@@ -118,7 +143,9 @@ def main() -> None:
             wall = time.perf_counter() - start
             reports[(device, dtype)] = (report, wall)
         cpu_report, cpu_wall = reports[("cpu", "float64")]
-        log(f"{name}: {cpu_report['run']['num_parameters']} parameters, {len(cpu_report['checkpoints'])} checkpoints")
+        log(
+            f"{name}: {cpu_report['run']['num_parameters']} parameters, {len(cpu_report['checkpoints'])} checkpoints"
+        )
         for (device, dtype), (report, wall) in reports.items():
             last, ref = report["checkpoints"][-1], cpu_report["checkpoints"][-1]
             log(
@@ -138,18 +165,11 @@ def main() -> None:
             v = torch.randn_like(theta)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-            def timeit(fn: Any, n: int = 10) -> float:
-                fn()
-                sync()
-                t = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                sync()
-                return (time.perf_counter() - t) / n
-
-            tg = timeit(lambda: s.engine.loss_and_grad(theta))
-            th = timeit(lambda: op(v))
-            log(f"  unit costs {device} {dtype}: gradient {tg * 1e3:.2f} ms, HVP {th * 1e3:.2f} ms (ratio {th / tg:.2f})")
+            tg = timeit(lambda: s.engine.loss_and_grad(theta), sync)  # noqa: B023 - called at once
+            th = timeit(lambda: op(v), sync)  # noqa: B023 - called at once
+            log(
+                f"  unit costs {device} {dtype}: gradient {tg * 1e3:.2f} ms, HVP {th * 1e3:.2f} ms (ratio {th / tg:.2f})"
+            )
 
 
 if __name__ == "__main__":
