@@ -45,3 +45,7 @@ for _name in _COMMAND_MODULES:
 def main() -> None:
     """Entry point of the ``obstacle`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

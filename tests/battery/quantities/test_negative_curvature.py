@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -333,6 +334,17 @@ def _exact_eigenvalues(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -
     return torch.linalg.eigvalsh(torch.func.jacrev(torch.func.jacrev(objective))(flat))
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    # Tiny models gain nothing from intra-op threads, and on a shared, loaded machine their
+    # spin-waits cost 30x (measured); the HVP counts asserted here do not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_warm_start_along_an_sgd_run_is_as_accurate_in_fewer_hvps() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
