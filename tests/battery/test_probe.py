@@ -228,3 +228,28 @@ def test_tampered_probe_data_fails_the_content_hash(
     save_file(tensors, str(data))
     with pytest.raises(ProbeError, match="content hash"):
         obstacle.Probe.load(run)
+
+
+def test_non_persistent_buffers_stay_in_the_program_and_checkpoints_need_not_carry_them(
+    tmp_path: Path,
+) -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+            self.register_buffer("scale", torch.tensor([2.0, 3.0, 4.0]), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x * self.scale)
+
+    torch.manual_seed(0)
+    model = Scaled().double()
+    batches = [(torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0]))]
+    obstacle.Probe.capture(model, nn.functional.cross_entropy, batches).save(tmp_path)
+    path = obstacle.save_checkpoint(tmp_path, model, step=0, lr=0.1)
+    probe = obstacle.Probe.load(tmp_path)
+    assert [b.name for b in probe.manifest.buffers] == []
+    engine = LossEngine.create(probe, dtype="float64")
+    theta = engine.flatten(load_checkpoint(path, probe.manifest).state)
+    expected = nn.functional.cross_entropy(model(batches[0][0]), batches[0][1])
+    assert engine.loss(theta) == pytest.approx(float(expected.detach()), rel=1e-12)

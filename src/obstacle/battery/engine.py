@@ -156,11 +156,15 @@ class LossEngine:
             raise CheckpointError(
                 f"The state dict lacks parameters {missing}; it does not match the probe."
             )
-        self.buffers = {
-            _MODEL_PREFIX + s.name: state[s.name].to(self.device, self._cast(state[s.name]))
-            for s in self.probe.manifest.buffers
-            if s.name in state
-        }
+        # Update, not replace: non-persistent buffers are in no checkpoint and keep their
+        # capture-time values.
+        self.buffers.update(
+            {
+                _MODEL_PREFIX + s.name: state[s.name].to(self.device, self._cast(state[s.name]))
+                for s in self.probe.manifest.buffers
+                if s.name in state
+            }
+        )
         return torch.cat(
             [state[n].detach().reshape(-1).to(self.device, self.dtype) for n in self.names]
         )

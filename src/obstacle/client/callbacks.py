@@ -26,8 +26,8 @@ moments, momentum buffers), the learning rate its first parameter group holds at
 that just ended. With ``run_dir`` they also append ``train_log.jsonl`` lines.
 
 Checkpoints hold the state of a wrapper around the model, so parameter names carry a
-``model.`` prefix (``model.bert.encoder...``), and they include the model's non-persistent
-buffers, which the probe's program needs.
+``model.`` prefix (``model.bert.encoder...``). Non-persistent buffers (position ids, rotary
+frequencies) stay fixed inside the probe's program, as they are not part of a state dict.
 
 The library is imported when a callback class is first looked up, so this module imports
 without either one installed.
@@ -107,7 +107,6 @@ class _Recorder:
         if self.has_probe or len(self.batches) < self.probe_batches:
             return
         probe = Probe.capture(model, loss_fn, self.batches)
-        _drop_metadata_asserts(probe.program)
         if self.run is not None:
             self.run.upload_probe(probe)
         else:
@@ -163,9 +162,7 @@ def _wrap(model: nn.Module, keys: Sequence[str] | None = None) -> nn.Module:
     """The module the probe is traced from and checkpoints are taken of.
 
     Without ``keys``: ``forward(*inputs) = model(*inputs)``. With ``keys`` (Hugging Face):
-    ``forward(*tensors) = model(**dict(zip(keys, tensors))).loss``. Its ``state_dict`` also holds
-    the non-persistent buffers (position ids, rotary frequencies): the exported program takes
-    them as inputs, so every checkpoint must carry them.
+    ``forward(*tensors) = model(**dict(zip(keys, tensors))).loss``.
     """
     from torch import nn
 
@@ -174,7 +171,6 @@ def _wrap(model: nn.Module, keys: Sequence[str] | None = None) -> nn.Module:
             super().__init__()
             self.model = model
             self.keys = tuple(keys) if keys is not None else None
-            self.register_state_dict_post_hook(_with_all_buffers)  # type: ignore[no-untyped-call]
 
         def forward(self, *tensors: torch.Tensor) -> Any:
             if self.keys is None:
@@ -186,35 +182,9 @@ def _wrap(model: nn.Module, keys: Sequence[str] | None = None) -> nn.Module:
     return _Wrapped()
 
 
-def _with_all_buffers(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
-) -> None:
-    for name, buffer in module.named_buffers():
-        state_dict.setdefault(prefix + name, buffer.detach())
-
-
 def _own_loss(loss: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The Hugging Face model computed its loss itself; the target only fed ``labels``."""
     return loss
-
-
-def _drop_metadata_asserts(program: torch.export.ExportedProgram) -> None:
-    """Remove ``aten._assert_tensor_metadata`` nodes from the exported graph.
-
-    torch.export records a ``.to()`` that changes nothing (transformers' attention-mask code does
-    several) as this dtype/device assertion. It computes nothing, but the probe validator's
-    allow-list does not hold it, so an archive with it would be refused at analysis.
-    """
-    import torch
-
-    graph = program.graph_module.graph
-    for node in list(graph.nodes):
-        if (
-            node.op == "call_function"
-            and node.target is torch.ops.aten._assert_tensor_metadata.default
-        ):
-            graph.erase_node(node)
-    program.graph_module.recompile()
 
 
 def _loss_value(outputs: Any) -> float | None:
