@@ -73,7 +73,7 @@ def build_run(run_dir: Path, hidden: int, checkpoints: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def unit_time(fn: Callable[[], object], repeats: int = 7) -> float:
+def unit_time(fn: Callable[[], object], repeats: int = 25) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):

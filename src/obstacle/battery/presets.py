@@ -31,7 +31,7 @@ class Preset:
 
 PRESETS = {
     "quick": Preset("quick", 4, 40, 1e-2, 11, 21, 0, 0, 200, False),
-    "standard": Preset("standard", 8, 120, 1e-3, 21, 41, 11, 15, 500, False),
+    "standard": Preset("standard", 8, 200, 1e-3, 21, 41, 11, 15, 500, False),
     "full": Preset("full", 64, 300, 1e-3, 41, 61, 21, 25, 2000, True),
 }
 
