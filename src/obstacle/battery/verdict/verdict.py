@@ -51,11 +51,13 @@ def judge(
         "no_critical_point": no_critical_point(facts, thresholds),
     }
     if findings["divergence"].confidence >= thresholds.present:
-        # After a blow-up the later records measure garbage: judge nothing else on them.
+        # After a blow-up the records measure a broken model: judge nothing else on them.
+        first = findings["divergence"].steps[0] if findings["divergence"].steps else None
         for kind, finding in findings.items():
-            if kind != "divergence" and finding.confidence >= thresholds.present:
+            if kind != "divergence":
                 finding.reason = (
-                    "not assessed: the run diverged, so its later numbers are not meaningful"
+                    f"not assessed: the run diverged (from step {first}), so its curvature, noise "
+                    "and progress numbers no longer describe an obstacle"
                 )
                 finding.confidence = 0.0
     present = sorted(
