@@ -253,3 +253,38 @@ def test_non_persistent_buffers_stay_in_the_program_and_checkpoints_need_not_car
     theta = engine.flatten(load_checkpoint(path, probe.manifest).state)
     expected = nn.functional.cross_entropy(model(batches[0][0]), batches[0][1])
     assert engine.loss(theta) == pytest.approx(float(expected.detach()), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_per_batch_gradients_by_vmap_equal_the_loop(name: str, saved_runs: dict[str, Path]) -> None:
+    run = saved_runs[name]
+    probe = obstacle.Probe.load(run)
+    engine = LossEngine.create(probe, dtype="float64")
+    theta = engine.flatten(
+        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
+    )
+    losses, grads = engine.batch_grads(theta)
+    assert engine._vmap_ok, f"{name}: the exported program should batch under vmap"
+    for k in range(engine.num_batches):
+        value, g = engine.loss_and_grad(theta, k)
+        assert float(losses[k]) == pytest.approx(value, rel=1e-12)
+        assert _rel(grads[k], g) <= 1e-12
+
+
+def test_per_batch_gradients_fall_back_to_a_loop(saved_runs: dict[str, Path]) -> None:
+    probe = obstacle.Probe.load(saved_runs["mlp"])
+    engine = LossEngine.create(probe, dtype="float64")
+    theta = engine.flatten(
+        load_checkpoint(
+            saved_runs["mlp"] / "checkpoints/step_000000000.safetensors", probe.manifest
+        ).state
+    )
+    vmapped = engine.batch_grads(theta)[1]
+
+    def no_batching_rule(_theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("Batching rule not implemented for aten::some_op")
+
+    engine._vmapped_grads = no_batching_rule  # type: ignore[method-assign]
+    looped = engine.batch_grads(theta)[1]
+    assert not engine._vmap_ok
+    assert _rel(looped, vmapped) <= 1e-12
