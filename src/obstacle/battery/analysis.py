@@ -307,12 +307,7 @@ def summarize_run(
         "run_level": (session.engine.cost - before).as_dict(),
         "checkpoints": _total_cost(ordered),
     }
-    cv = run["curvature_variation"]
-    for r in ordered:
-        r["_curvature_cv"] = (cv.get("curvature") or {}).get("cv") if isinstance(cv, dict) else None
     verdict = judge(ordered, target_loss=target_loss, thresholds=limits)
-    for r in ordered:
-        r.pop("_curvature_cv", None)
     report: dict[str, Any] = to_json(
         {"schema": REPORT_SCHEMA, "verdict": verdict, "checkpoints": ordered, "run": run}
     )

@@ -49,6 +49,7 @@ class RunFacts:
     uphill_pairs: int
     pairs: int
     has_validation: bool
+    curvature_cv: float  # coefficient of variation of gᵀHg/gᵀg over the run
 
     def column(self, key: str, rows: Sequence[Record] | None = None) -> list[float]:
         return [num(r.get(key)) for r in (self.records if rows is None else rows)]
@@ -58,6 +59,9 @@ class RunFacts:
 
 
 def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
+    """The run-level facts of ``records`` (at least one)."""
+    if not records:
+        raise ValueError("run_facts() needs at least one checkpoint record")
     ordered = sorted(records, key=lambda r: int(r["step"]))
     n = len(ordered)
     late_n = max(2, math.ceil(n * thresholds.late_fraction)) if n >= 2 else 1
@@ -68,7 +72,6 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
         for r, j in zip(ordered, losses, strict=True)
         if not finite(j) or r.get("finite") is False
     ]
-    finite_losses = [j for j in losses if finite(j)]
     first = losses[0] if losses else math.nan
     last = losses[-1] if losses else math.nan
     late_progress, fluctuation = _progress(ordered[len(ordered) // 2 :] if n >= 6 else ordered)
@@ -79,31 +82,39 @@ def run_facts(records: list[Record], thresholds: Thresholds) -> RunFacts:
         for a, b in itertools.pairwise(losses)
         if finite(a) and finite(b)
     ]
-    return (
-        RunFacts(
-            records=ordered,
-            steps=[int(r["step"]) for r in ordered],
-            late=late,
-            losses=losses,
-            first_loss=first,
-            last_loss=last,
-            late_progress=late_progress,
-            fluctuation=fluctuation,
-            # A plateau: the fitted decrease is below plateau_rel of the loss, or no larger than the
-            # checkpoints' own scatter around the trend (minibatch noise can fake or hide progress).
-            plateau=finite(late_progress)
-            and late_progress < max(thresholds.plateau_rel, 2 * fluctuation),
-            non_finite_steps=non_finite,
-            peak_grad=max(finite_grads) if finite_grads else math.nan,
-            last_grad=grads[-1] if grads else math.nan,
-            uphill_rate=(sum(rises) / len(rises)) if rises else math.nan,
-            uphill_pairs=sum(rises),
-            pairs=len(rises),
-            has_validation=any(finite(num(r.get("validation_loss"))) for r in ordered),
-        )
-        if finite_losses or ordered
-        else _empty(thresholds)
+    return RunFacts(
+        records=ordered,
+        steps=[int(r["step"]) for r in ordered],
+        late=late,
+        losses=losses,
+        first_loss=first,
+        last_loss=last,
+        late_progress=late_progress,
+        fluctuation=fluctuation,
+        # A plateau: the fitted decrease is below plateau_rel of the loss, or no larger than the
+        # checkpoints' own scatter around the trend (minibatch noise can fake or hide progress).
+        plateau=finite(late_progress)
+        and late_progress < max(thresholds.plateau_rel, 2 * fluctuation),
+        non_finite_steps=non_finite,
+        peak_grad=max(finite_grads) if finite_grads else math.nan,
+        last_grad=grads[-1] if grads else math.nan,
+        uphill_rate=(sum(rises) / len(rises)) if rises else math.nan,
+        uphill_pairs=sum(rises),
+        pairs=len(rises),
+        has_validation=any(finite(num(r.get("validation_loss"))) for r in ordered),
+        curvature_cv=_cv([num(r.get("curvature_along_gradient")) for r in ordered]),
     )
+
+
+def _cv(values: Sequence[float]) -> float:
+    """Coefficient of variation (population std over |mean|) of the finite values."""
+    known = [v for v in values if finite(v)]
+    if len(known) < 2:
+        return math.nan
+    mean = sum(known) / len(known)
+    if mean == 0:
+        return math.nan
+    return math.sqrt(sum((v - mean) ** 2 for v in known) / len(known)) / abs(mean)
 
 
 def _progress(rows: Sequence[Record]) -> tuple[float, float]:
@@ -127,10 +138,6 @@ def _progress(rows: Sequence[Record]) -> tuple[float, float]:
     residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in points]
     rms = math.sqrt(sum(e * e for e in residuals) / (len(points) - 2)) if len(points) > 2 else 0.0
     return -slope * (xs[-1] - xs[0]) / scale, rms / scale
-
-
-def _empty(thresholds: Thresholds) -> RunFacts:  # pragma: no cover - guarded by callers
-    raise ValueError("no checkpoint records")
 
 
 def fmt(x: float) -> str:

@@ -344,7 +344,7 @@ def poor_conditioning(facts: RunFacts, t: Thresholds) -> Finding:
             f"the probe loss rose between {facts.uphill_pairs} of {facts.pairs} consecutive checkpoints",
             facts.uphill_rate,
         )
-    cv = num(last.get("_curvature_cv"))
+    cv = facts.curvature_cv
     if finite(cv):
         f.add(
             "curvature",
