@@ -85,8 +85,8 @@ def judge(
             summary = f"Healthy: converged to a minimum at loss {fmt(facts.last_loss)}; no obstacle found."
         else:
             summary = (
-                f"Healthy: the loss is still falling ({fmt(100 * facts.late_progress)}% over the late "
-                f"window, now {fmt(facts.last_loss)}); no obstacle found."
+                f"Healthy: the loss is still falling ({fmt(100 * facts.late_progress)}% over the second "
+                f"half of the run, now {fmt(facts.last_loss)}); no obstacle found."
             )
     return {
         "primary": primary_kind,
