@@ -28,7 +28,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import OperationalError
 
 from obstacle.artifacts.bundle import pack_probe
-from obstacle.artifacts.layout import PROBE_DIR, list_checkpoints, optimizer_filename
+from obstacle.artifacts.layout import PROBE_DIR, TRAIN_LOG, list_checkpoints, optimizer_filename
 from obstacle.service.auth import create_token
 from obstacle.service.db import create_db_engine, migrate, session_factory, session_scope
 from obstacle.service.embedded import EmbeddedRedis
@@ -248,7 +248,7 @@ def sha_headers(data: bytes, auth: dict[str, str]) -> dict[str, str]:
 def upload_run(
     client: httpx.Client, run_dir: Path, auth: dict[str, str], *, name: str = "tiny"
 ) -> str:
-    """Create a run and upload the probe and every checkpoint (with optimizer state); its id."""
+    """Create a run, upload its probe, checkpoints (with optimizer state) and train log; its id."""
     response = client.post("/v1/runs", json={"name": name}, headers=auth)
     assert response.status_code == 201, response.text
     run_id: str = response.json()["id"]
@@ -269,6 +269,11 @@ def upload_run(
             url = f"/v1/runs/{run_id}/checkpoints/{step}/optimizer"
             response = client.put(url, content=data, headers=sha_headers(data, auth))
             assert response.status_code == 201, response.text
+    if (run_dir / TRAIN_LOG).is_file():
+        data = (run_dir / TRAIN_LOG).read_bytes()
+        url = f"/v1/runs/{run_id}/train-log"
+        response = client.put(url, content=data, headers=sha_headers(data, auth))
+        assert response.status_code == 201, response.text
     return run_id
 
 

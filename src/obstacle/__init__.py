@@ -29,7 +29,7 @@ from obstacle.errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from obstacle.battery.checkpoint import save_checkpoint
+    from obstacle.battery.checkpoint import append_train_log, save_checkpoint
     from obstacle.battery.probe import Probe
     from obstacle.client import (
         AnalysisResult,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "Probe": "obstacle.battery.probe",
     "save_checkpoint": "obstacle.battery.checkpoint",
+    "append_train_log": "obstacle.battery.checkpoint",
     "Client": "obstacle.client",
     "Run": "obstacle.client",
     "RunInfo": "obstacle.client",
@@ -77,6 +78,7 @@ __all__ = [
     "TransportError",
     "UnsafeArchiveError",
     "__version__",
+    "append_train_log",
     "save_checkpoint",
     "upload_run_dir",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,7 +13,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 import obstacle
-from obstacle.artifacts.layout import checkpoint_filename, optimizer_filename
+from obstacle.artifacts.layout import TRAIN_LOG, checkpoint_filename, optimizer_filename
+from obstacle.battery.checkpoint import append_train_log
 from obstacle.cli import app
 from obstacle.client import AnalysisResult, Client, upload_run_dir
 from obstacle.errors import InputError, ServiceError
@@ -89,9 +91,17 @@ def test_resumed_upload_sends_only_missing_checkpoints(
     for step in missing:  # as if the first upload was interrupted after three checkpoints
         (partial / "checkpoints" / checkpoint_filename(step)).rename(tmp_path / f"{step}.st")
         (partial / "checkpoints" / optimizer_filename(step)).rename(tmp_path / f"{step}.opt")
+    for step in range(steps[-1] + 1):  # the loss blows up: NaN at the end, as json writes it
+        loss = float("nan") if step == steps[-1] else 2.0 ** (step / 4)
+        append_train_log(partial, step=step, lr=0.5, loss=loss)
+    log = (partial / TRAIN_LOG).read_bytes()
+    assert b"NaN" in log
+    lines = log.splitlines(keepends=True)
+    (partial / TRAIN_LOG).write_bytes(b"".join(lines[: len(lines) // 2]))  # logged so far
     with Client(service.url, service.token) as client:
         first = upload_run_dir(client, partial, progress=False)
-        assert first.uploaded == steps[:3] and first.probe_uploaded
+        assert first.uploaded == steps[:3] and first.probe_uploaded and first.train_log_uploaded
+        (partial / TRAIN_LOG).write_bytes(log)  # training went on: the log grew
         for step in missing:
             (tmp_path / f"{step}.st").rename(partial / "checkpoints" / checkpoint_filename(step))
             (tmp_path / f"{step}.opt").rename(partial / "checkpoints" / optimizer_filename(step))
@@ -100,12 +110,20 @@ def test_resumed_upload_sends_only_missing_checkpoints(
         second = upload_run_dir(client, partial, progress=False)
     assert second.run.id == first.run.id
     assert second.skipped == steps[:3] and second.uploaded == missing
-    assert not second.probe_uploaded
+    assert not second.probe_uploaded and second.train_log_uploaded
     puts = [path for method, path in counting.sent if method == "PUT"]
     expected = [f"/v1/runs/{first.run.id}/checkpoints/{s}" for s in missing]
     expected_optim = [f"{p}/optimizer" for p in expected]
-    assert sorted(puts) == sorted(expected + expected_optim)
+    assert sorted(puts) == sorted(
+        [*expected, *expected_optim, f"/v1/runs/{first.run.id}/train-log"]
+    )
     assert second.run.num_checkpoints == len(steps)
+    assert second.run.train_log_sha256 == hashlib.sha256(log).hexdigest()
+    counting = CountingTransport()
+    with Client(service.url, service.token, transport=counting) as client:
+        third = upload_run_dir(client, partial, progress=False)
+    assert not third.train_log_uploaded and not third.uploaded  # nothing new: nothing sent
+    assert [path for method, path in counting.sent if method == "PUT"] == []
 
 
 def test_sdk_logs_checkpoints_during_training_and_analyses(

@@ -17,7 +17,7 @@ def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == "0002"
             assert set(inspect(connection).get_table_names()) >= set(Base.metadata.tables)
     finally:
         engine.dispose()

@@ -28,11 +28,10 @@ SCENARIO = "poor_conditioning/tanh_mlp_momentum"  # SGD with momentum: optimizer
 
 @pytest.fixture(scope="module")
 def scenario_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scenario run of the verdict suite, as a client uploads it (the service receives the probe
-    and the checkpoints, not the training log)."""
+    """A scenario run of the verdict suite, with its training log, as a client uploads it."""
     run_dir = tmp_path_factory.mktemp("scenario") / "run"
     SCENARIOS[SCENARIO](run_dir)
-    (run_dir / TRAIN_LOG).unlink(missing_ok=True)
+    assert (run_dir / TRAIN_LOG).is_file(), "the scenario must log its minibatch losses"
     return run_dir
 
 
@@ -83,6 +82,13 @@ def test_upload_analyse_and_get_the_local_verdict(
         assert [o["kind"] for o in remote["verdict"]["ruled_out"]] == [
             o["kind"] for o in local["verdict"]["ruled_out"]
         ]
+        # The training log travelled: the service's report plots the same logged losses.
+        assert local["run"]["train_log"] is not None
+        assert remote["run"]["train_log"]["steps"] == local["run"]["train_log"]["steps"]
+        assert remote["run"]["train_log"]["loss"] == pytest.approx(
+            local["run"]["train_log"]["loss"], rel=1e-12, nan_ok=True
+        )
+        assert remote["run"]["train_log"]["rate"] == local["run"]["train_log"]["rate"]
 
         if result["report_files"]:
             html = client.get(f"/v1/analyses/{result['id']}/report.html", headers=tenant.headers)

@@ -195,6 +195,15 @@ class Client:
         )
         return response.status_code == 201
 
+    def put_train_log(self, run_id: str, data: bytes) -> None:
+        """Upload ``train_log.jsonl`` bytes; they replace the run's log (the same bytes: a no-op)."""
+        self.request(
+            "PUT",
+            f"/v1/runs/{run_id}/train-log",
+            content=data,
+            headers=_upload_headers(data, "application/x-ndjson"),
+        )
+
     def list_checkpoints(self, run_id: str) -> list[CheckpointInfo]:
         body = self._json("GET", f"/v1/runs/{run_id}/checkpoints")
         return [CheckpointInfo.from_json(c) for c in body["data"]]

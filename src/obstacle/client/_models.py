@@ -52,7 +52,7 @@ class ProbeInfo:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A run on the service: its probe and how many checkpoints it has."""
+    """A run on the service: its probe, how many checkpoints it has, its train log's hash."""
 
     id: str
     name: str
@@ -60,10 +60,12 @@ class RunInfo:
     created_at: datetime | None
     probe: ProbeInfo | None
     num_checkpoints: int
+    train_log_sha256: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunInfo:
         probe = data.get("probe")
+        train_log = data.get("train_log")
         return cls(
             id=str(data["id"]),
             name=str(data["name"]),
@@ -71,6 +73,7 @@ class RunInfo:
             created_at=_time(data.get("created_at")),
             probe=ProbeInfo.from_json(probe) if probe else None,
             num_checkpoints=int(data.get("num_checkpoints", 0)),
+            train_log_sha256=str(train_log["sha256"]) if train_log else None,
         )
 
 
@@ -198,3 +201,4 @@ class UploadResult:
     uploaded: list[int]
     skipped: list[int]
     probe_uploaded: bool
+    train_log_uploaded: bool = False

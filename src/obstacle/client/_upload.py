@@ -4,6 +4,8 @@ The run is found again by its name and the SHA-256 of its probe bundle (kept in 
 ``meta``), the service lists the SHA-256 of every checkpoint it holds
 (``GET /v1/runs/{id}/checkpoints``), and only the files it lacks — or holds other bytes for — are
 sent. Probe bundles pack deterministically, so the same directory always finds the same run.
+``train_log.jsonl`` is sent last, unless the run already holds one with the same SHA-256; a log
+that grew since replaces the run's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from obstacle.artifacts.layout import (
     PROBE_DIR,
     PROBE_MANIFEST,
+    TRAIN_LOG,
     list_checkpoints,
     optimizer_filename,
 )
@@ -90,11 +93,18 @@ def upload_run_dir(
     finally:
         if bar is not None:
             bar.close()
+    train_log_uploaded = False
+    if (path / TRAIN_LOG).is_file():
+        log = read_bytes(path / TRAIN_LOG)
+        if info.train_log_sha256 != hashlib.sha256(log).hexdigest():
+            client.put_train_log(info.id, log)
+            train_log_uploaded = True
     return UploadResult(
         run=client.get_run(info.id),
         uploaded=uploaded,
         skipped=skipped,
         probe_uploaded=probe_uploaded,
+        train_log_uploaded=train_log_uploaded,
     )
 
 

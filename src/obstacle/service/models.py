@@ -1,7 +1,8 @@
 """Database tables (SQLAlchemy 2). The Alembic migrations under ``migrations/`` create them.
 
     projects ─┬─ api_tokens            a token is scoped to one project; only its SHA-256 is stored
-              └─ runs ─┬─ probes        one per run, inserted only after the validator accepted it
+              └─ runs ─┬─ (train log)   optional; its file's key on the run row, replaced as it grows
+                       ├─ probes        one per run, inserted only after the validator accepted it
                        ├─ checkpoints   one per (run, step); content-addressed files in the store
                        └─ analyses ─── checkpoint_results   one per (analysis, step), done once
 
@@ -114,6 +115,11 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(200))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The uploaded train_log.jsonl, all four set together or none (obstacle.service.train_log).
+    train_log_sha256: Mapped[str | None] = mapped_column(String(64))
+    train_log_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    train_log_entries: Mapped[int | None] = mapped_column(BigInteger)
+    train_log_store_key: Mapped[str | None] = mapped_column(String(500))
 
 
 class Probe(Base):

@@ -8,10 +8,16 @@ from sqlalchemy.orm import Session
 from obstacle.artifacts.manifest import ProbeManifest
 from obstacle.service.keys import run_prefix
 from obstacle.service.models import Checkpoint, Probe, Run
-from obstacle.service.schemas import CheckpointPublic, OptimizerStatePublic, ProbePublic, RunPublic
+from obstacle.service.schemas import (
+    CheckpointPublic,
+    OptimizerStatePublic,
+    ProbePublic,
+    RunPublic,
+    TrainLogPublic,
+)
 from obstacle.service.store import ArtifactStore
 
-__all__ = ["delete_run", "public_checkpoint", "public_probe", "public_run"]
+__all__ = ["delete_run", "public_checkpoint", "public_probe", "public_run", "public_train_log"]
 
 
 def public_probe(probe: Probe) -> ProbePublic:
@@ -30,6 +36,16 @@ def public_probe(probe: Probe) -> ProbePublic:
     )
 
 
+def public_train_log(run: Run) -> TrainLogPublic | None:
+    if run.train_log_sha256 is None:
+        return None
+    return TrainLogPublic(
+        sha256=run.train_log_sha256,
+        size_bytes=run.train_log_size_bytes or 0,
+        entries=run.train_log_entries or 0,
+    )
+
+
 def public_run(session: Session, run: Run) -> RunPublic:
     probe = session.get(Probe, run.id)
     count = session.scalar(
@@ -42,6 +58,7 @@ def public_run(session: Session, run: Run) -> RunPublic:
         created_at=run.created_at,
         probe=public_probe(probe) if probe is not None else None,
         num_checkpoints=count or 0,
+        train_log=public_train_log(run),
     )
 
 

@@ -44,6 +44,14 @@ class ProbePublic(BaseModel):
     created_at: datetime
 
 
+class TrainLogPublic(BaseModel):
+    sha256: str = Field(
+        description="SHA-256 of the uploaded train_log.jsonl; the same bytes again is a no-op."
+    )
+    size_bytes: int
+    entries: int = Field(description="Its {step, lr, loss} lines (blank lines not counted).")
+
+
 class RunPublic(BaseModel):
     id: uuid.UUID
     name: str
@@ -51,6 +59,9 @@ class RunPublic(BaseModel):
     created_at: datetime
     probe: ProbePublic | None
     num_checkpoints: int
+    train_log: TrainLogPublic | None = Field(
+        description="The uploaded training log (PUT /v1/runs/{id}/train-log); null if none."
+    )
 
 
 class RunsPublic(BaseModel):

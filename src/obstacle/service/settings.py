@@ -13,6 +13,7 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
     OBSTACLE_CHECKPOINT_TIME_LIMIT_S, OBSTACLE_FINALIZE_TIME_LIMIT_S   hard limits of the two tasks
     OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis without progress this long is marked failed
     OBSTACLE_MAX_CHECKPOINT_BYTES, OBSTACLE_MAX_PROBE_BYTES           upload size limits
+    OBSTACLE_MAX_TRAIN_LOG_BYTES    size limit of a run's train_log.jsonl (default 64 MiB)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["CommonSettings", "ConfigurationError", "Settings"]
 
+MiB = 1024**2
 GiB = 1024**3
 
 
@@ -114,6 +116,7 @@ class Settings(CommonSettings):
 
     max_checkpoint_bytes: int = Field(default=4 * GiB, ge=1)
     max_probe_bytes: int = Field(default=2 * GiB, ge=1)
+    max_train_log_bytes: int = Field(default=64 * MiB, ge=1)
     upload_tmp_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -51,12 +51,16 @@ def parse_sha256(value: str | None) -> str:
     return value.strip().lower()
 
 
+# The setting that limits each kind of upload; checkpoints and optimizer states share one.
+_LIMIT_SETTINGS = {"probe bundle": "PROBE", "train log": "TRAIN_LOG"}
+
+
 def _too_large(what: str, limit: int, received: str) -> ProblemError:
+    setting = f"OBSTACLE_MAX_{_LIMIT_SETTINGS.get(what, 'CHECKPOINT')}_BYTES"
     return ProblemError(
         413,
-        f"The {what} is {received}; this service accepts at most {limit} bytes "
-        f"(OBSTACLE_MAX_{'PROBE' if what == 'probe bundle' else 'CHECKPOINT'}_BYTES). Send a smaller "
-        "file or ask the operator to raise the limit.",
+        f"The {what} is {received}; this service accepts at most {limit} bytes ({setting}). Send a "
+        "smaller file or ask the operator to raise the limit.",
         slug="too-large",
         title="The upload is too large",
     )

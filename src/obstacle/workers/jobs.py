@@ -35,10 +35,11 @@ from obstacle.service.models import (
     Checkpoint,
     CheckpointResult,
     Probe,
+    Run,
     utcnow,
 )
 from obstacle.service.store import ArtifactStore
-from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories
+from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories, TrainLogFile
 
 __all__ = [
     "Context",
@@ -77,6 +78,7 @@ class _Job:
     steps: list[int]
     probe: ProbeFiles
     checkpoints: dict[int, CheckpointFiles]
+    train_log: TrainLogFile | None
 
 
 def _load_job(ctx: Context, analysis_id: uuid.UUID, *, step: int | None = None) -> _Job | None:
@@ -87,7 +89,8 @@ def _load_job(ctx: Context, analysis_id: uuid.UUID, *, step: int | None = None) 
         if analysis is None or analysis.state in AnalysisState.TERMINAL:
             return None
         probe = session.get(Probe, analysis.run_id)
-        if probe is None:  # the run was deleted with its probe
+        run = session.get(Run, analysis.run_id)
+        if probe is None or run is None:  # the run was deleted with its probe
             return None
         wanted = analysis.steps if step is None else [min(analysis.steps), step]
         rows = session.scalars(
@@ -108,6 +111,9 @@ def _load_job(ctx: Context, analysis_id: uuid.UUID, *, step: int | None = None) 
                 )
                 for c in rows
             },
+            train_log=TrainLogFile(run.train_log_store_key, run.train_log_sha256)
+            if run.train_log_store_key is not None and run.train_log_sha256 is not None
+            else None,
         )
 
 
@@ -296,7 +302,18 @@ def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
     done_steps = [int(r["step"]) for r in records]
     # θ₀ is the first checkpoint of the analysis even if its own record failed.
     needed = sorted({job.steps[0], *done_steps})
-    run_dir = ctx.run_dirs.prepare(job.probe, [job.checkpoints[s] for s in needed])
+    try:
+        run_dir = ctx.run_dirs.prepare(
+            job.probe, [job.checkpoints[s] for s in needed], job.train_log
+        )
+    except FileNotFoundError:
+        # A newer train log replaced (and deleted) the one read above: read the job again.
+        job = _load_job(ctx, analysis_id)
+        if job is None:
+            return
+        run_dir = ctx.run_dirs.prepare(
+            job.probe, [job.checkpoints[s] for s in needed], job.train_log
+        )
     report, error = _run_battery(
         ctx,
         lambda: _battery().summarize_run(

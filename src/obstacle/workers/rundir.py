@@ -4,11 +4,13 @@
     CACHE/<pid>/blobs/<sha256>.safetensors              checkpoint files, by content
     CACHE/<pid>/runs/<content_hash>/probe -> ../../probes/<content_hash>
     CACHE/<pid>/runs/<content_hash>/checkpoints/step_*.safetensors -> ../../../blobs/<sha256>...
+    CACHE/<pid>/runs/<content_hash>/train_log.jsonl       the run's uploaded log, when it has one
 
 A probe keeps one run directory per worker process, so the battery's per-process probe cache
 (keyed by run directory and content hash) loads each probe program once, whichever run it
 came with. Before each task the directory holds exactly the checkpoints that task needs (the
-first one gives θ₀), nothing else; a process runs one task at a time. Downloaded
+first one gives θ₀) and the log the task is given, nothing else; a process runs one task at a
+time. Downloaded
 probe files are checked against the content hash the service computed when it validated the
 probe: a probe runs here only if it is byte for byte what the validator accepted.
 """
@@ -26,13 +28,14 @@ from obstacle.artifacts.bundle import BUNDLE_MEMBERS, probe_content_hash
 from obstacle.artifacts.layout import (
     CHECKPOINT_DIR,
     PROBE_DIR,
+    TRAIN_LOG,
     checkpoint_filename,
     optimizer_filename,
 )
 from obstacle.errors import ProbeError
 from obstacle.service.store import ArtifactStore
 
-__all__ = ["CheckpointFiles", "ProbeFiles", "RunDirectories"]
+__all__ = ["CheckpointFiles", "ProbeFiles", "RunDirectories", "TrainLogFile"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class CheckpointFiles:
     optimizer_sha256: str | None
 
 
+@dataclass(frozen=True)
+class TrainLogFile:
+    store_key: str
+    sha256: str
+
+
 class RunDirectories:
     """This process's materialised run directories."""
 
@@ -58,8 +67,13 @@ class RunDirectories:
         self.root = cache_root / str(os.getpid())
         _remove_dead_process_dirs(cache_root)
 
-    def prepare(self, probe: ProbeFiles, checkpoints: Iterable[CheckpointFiles]) -> Path:
-        """The run directory holding the probe and exactly ``checkpoints``."""
+    def prepare(
+        self,
+        probe: ProbeFiles,
+        checkpoints: Iterable[CheckpointFiles],
+        train_log: TrainLogFile | None = None,
+    ) -> Path:
+        """The run directory holding the probe, exactly ``checkpoints``, and ``train_log`` if given."""
         wanted = list(checkpoints)
         run_dir = self.root / "runs" / probe.content_hash
         probe_link = run_dir / PROBE_DIR
@@ -82,6 +96,12 @@ class RunDirectories:
                 )
                 keep.add(optim)
                 (directory / optimizer_filename(ck.step)).symlink_to(optim)
+        log_path = run_dir / TRAIN_LOG
+        log_path.unlink(missing_ok=True)  # another run with this probe may have left its log
+        if train_log is not None:
+            log = self._blob(train_log.store_key, train_log.sha256, ".jsonl")
+            keep.add(log)
+            log_path.symlink_to(log)
         self._evict(keep)
         return run_dir
 

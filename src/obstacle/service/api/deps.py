@@ -201,5 +201,26 @@ async def checkpoint_upload(
         upload.path.unlink(missing_ok=True)
 
 
+async def train_log_upload(
+    request: Request,
+    run: CurrentRun,  # authorised before a byte of the body is read
+    settings: SettingsDep,
+    x_content_sha256: Annotated[str | None, _sha_header] = None,
+) -> AsyncIterator[ReceivedUpload]:
+    upload = await receive_upload(
+        request.stream(),
+        what="train log",
+        limit=settings.max_train_log_bytes,
+        declared_sha256=x_content_sha256,
+        content_length=request.headers.get("content-length"),
+        tmp_dir=settings.resolved_upload_tmp_dir,
+    )
+    try:
+        yield upload
+    finally:
+        upload.path.unlink(missing_ok=True)
+
+
 ProbeUpload = Annotated[ReceivedUpload, Depends(probe_upload)]
+TrainLogUpload = Annotated[ReceivedUpload, Depends(train_log_upload)]
 CheckpointUpload = Annotated[ReceivedUpload, Depends(checkpoint_upload)]

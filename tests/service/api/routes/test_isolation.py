@@ -24,6 +24,7 @@ ROUTES = {
     ("get", "/v1/runs/{run_id}/checkpoints/{step}"): None,
     ("put", "/v1/runs/{run_id}/checkpoints/{step}"): "checkpoint",
     ("put", "/v1/runs/{run_id}/checkpoints/{step}/optimizer"): "optimizer",
+    ("put", "/v1/runs/{run_id}/train-log"): "train_log",
     ("post", "/v1/runs/{run_id}/analyses"): "analysis",
     ("get", "/v1/runs/{run_id}/analyses"): None,
     ("get", "/v1/analyses/{analysis_id}"): None,
@@ -90,6 +91,9 @@ def call(
         name = checkpoint_filename(10) if kind == "checkpoint" else optimizer_filename(10)
         body = (run / "checkpoints" / name).read_bytes()
         return client.put(url, content=body, headers=sha_headers(body, headers))
+    if kind == "train_log":
+        body = b'{"step": 1, "lr": 0.1, "loss": 0.5}\n'
+        return client.put(url, content=body, headers=sha_headers(body, headers))
     if kind == "analysis":
         return client.post(url, json={}, headers=headers)
     return client.request(method.upper(), url, headers=headers)
@@ -120,10 +124,8 @@ def test_another_projects_resource_is_not_found(
     assert unknown.status_code == 404
     assert unknown.json()["title"] == response.json()["title"]
     # and tenant A's run is untouched
-    assert (
-        client.get(f"/v1/runs/{world['run_id']}", headers=tenant.headers).json()["num_checkpoints"]
-        == 3
-    )
+    mine = client.get(f"/v1/runs/{world['run_id']}", headers=tenant.headers).json()
+    assert mine["num_checkpoints"] == 3 and mine["train_log"] is None
 
 
 @pytest.mark.parametrize(("method", "template"), sorted(set(ROUTES) | PROJECT_WIDE))
