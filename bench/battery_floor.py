@@ -12,8 +12,6 @@ MLP). Not a test: run it and read it.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -21,28 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _machine import describe_machine
 from torch import nn
 from torch.nn import functional as F
 
 import obstacle
 from obstacle.battery.analysis import _quantities, _run_checkpoint, _Session
 from obstacle.battery.presets import get_preset
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; "
-        f"{torch.get_num_threads()} intra-op thread(s); python {platform.python_version()}"
-    )
 
 
 def build_run(run_dir: Path, hidden: int, checkpoints: int) -> int:
@@ -94,7 +77,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"machine: {machine()}")
+    print(describe_machine())
 
     run_dir = Path(tempfile.mkdtemp(prefix="obstacle-floor-"))
     n = build_run(run_dir, args.hidden, args.checkpoints)

@@ -11,14 +11,13 @@ times and the CUDA/CPU speed-up, plus the unit costs of a gradient and an HVP on
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import describe_machine
 
 from obstacle.battery import analysis
 from obstacle.battery.demo import healthy_digits, saddle_deep_linear
@@ -27,11 +26,6 @@ from obstacle.errors import ProbeError
 
 def log(*parts: object) -> None:
     print(*parts, flush=True)
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-    return f"{gpu}; {os.cpu_count()} CPU cores; torch {torch.__version__}; python {platform.python_version()}"
 
 
 def rel(a: Any, b: Any) -> float:
@@ -115,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    log(f"machine: {machine()}")
+    log(describe_machine())
     runs = {
         "healthy-digits-mlp": healthy_digits,
         "saddle-linear": saddle_deep_linear,

@@ -26,8 +26,6 @@ time at 86k parameters; the battery's reorthogonalization and tridiagonal solves
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import numpy as np
 import scipy
 import scipy.sparse.linalg as sla
 import torch
+from _machine import describe_machine
 from torch import Tensor, nn
 
 from obstacle.battery.engine import HessianOperator, LossEngine
@@ -55,21 +54,9 @@ TOL = 1e-3
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     he = EIGENTHINGS or f"unavailable ({EIGENTHINGS_ERROR})"
-    return (
-        f"machine: {cpu}; {cores} cores available; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} thread(s); numpy {np.__version__}; scipy {scipy.__version__}; "
-        f"python {platform.python_version()}; hessian-eigenthings {he}"
+    return describe_machine(
+        f"numpy {np.__version__}", f"scipy {scipy.__version__}", f"hessian-eigenthings {he}"
     )
 
 

@@ -11,9 +11,7 @@ own data directory and token). Prints both wall times, their ratio, and the mach
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from _machine import describe_machine
 from torch import nn
 
 import obstacle
@@ -129,17 +128,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
     params = sum(p.numel() for p in _model(args.hidden).parameters())
-    print(
-        f"machine: {cpu}; {os.cpu_count()} cores; torch {torch.__version__}; {args.threads} torch thread(s)"
-    )
+    print(describe_machine())
     print(f"model: MLP with {params} parameters; {args.steps} steps; {CHECKPOINTS} checkpoints")
 
     with tempfile.TemporaryDirectory(prefix="obstacle-bench-") as tmp:

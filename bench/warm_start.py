@@ -14,14 +14,13 @@ start must reach the same accuracy, in fewer HVPs. The ratio is warm over cold, 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 from typing import Any
 
 import numpy as np
 import scipy
 import scipy.sparse.linalg as sla
 import torch
+from _machine import describe_machine
 from torch import Tensor, nn
 
 from obstacle.battery.checkpoint import Checkpoint
@@ -34,21 +33,7 @@ TOL = 1e-3
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {cpu}; {cores} cores available; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} thread(s); numpy {np.__version__}; scipy {scipy.__version__}; "
-        f"python {platform.python_version()}"
-    )
+    return describe_machine(f"numpy {np.__version__}", f"scipy {scipy.__version__}")
 
 
 def data(inputs: int, classes: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:

@@ -86,7 +86,7 @@ def save_checkpoint(
         raise CheckpointError(
             f"save_checkpoint needs an nn.Module or a state dict; got {type(model_or_state_dict).__name__}."
         )
-    tensors = {k: _plain(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: snapshot_tensor(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
     metadata = {"format": CHECKPOINT_FORMAT, "step": str(step), "lr": repr(lr)}
     if train_loss is not None:
         metadata["train_loss"] = repr(train_loss)
@@ -96,12 +96,14 @@ def save_checkpoint(
                 "save_checkpoint(optimizer=...) needs the model itself, not a state dict, to name the "
                 "optimizer's parameters. Pass the nn.Module."
             )
-        opt = _optimizer_state(model_or_state_dict, optimizer)
+        opt = optimizer_state(model_or_state_dict, optimizer)
         metadata["optimizer"] = json.dumps(
             {"class": opt.kind, "hyperparameters": opt.hyperparameters}
         )
         opt_tensors = {
-            f"{key}/{name}": _plain(t) for name, s in opt.state.items() for key, t in s.items()
+            f"{key}/{name}": snapshot_tensor(t)
+            for name, s in opt.state.items()
+            for key, t in s.items()
         }
         _atomic_save(
             opt_tensors,
@@ -213,7 +215,8 @@ def _load_optimizer(path: Path, header_json: str) -> OptimizerState:
     return OptimizerState(kind=kind, hyperparameters=hyper, state=state)
 
 
-def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> OptimizerState:
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> OptimizerState:
+    """The optimizer's class, scalar hyperparameters and per-parameter state, keyed by name."""
     names = {id(p): n for n, p in model.named_parameters()}
     groups = optimizer.param_groups
     hyper: dict[str, Any] = {}
@@ -249,8 +252,8 @@ def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Opti
     return OptimizerState(kind=type(optimizer).__name__, hyperparameters=hyper, state=state)
 
 
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    # safetensors refuses shared storage (tied weights): give each tensor its own.
+def snapshot_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy with its own storage (safetensors refuses shared, tied storage)."""
     return tensor.detach().to("cpu").clone().contiguous()
 
 

@@ -225,8 +225,8 @@ def _snapshot(
     from obstacle.battery.checkpoint import (
         CHECKPOINT_FORMAT,
         OPTIMIZER_FORMAT,
-        _optimizer_state,
-        _plain,
+        optimizer_state,
+        snapshot_tensor,
     )
 
     step = check_int("step", step, low=0)
@@ -236,18 +236,20 @@ def _snapshot(
             f"log_checkpoint needs the nn.Module being trained; got {type(model).__name__}."
         )
     # The same header as obstacle.save_checkpoint writes, so uploads and run directories agree.
-    tensors = {k: _plain(v) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    tensors = {
+        k: snapshot_tensor(v) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)
+    }
     metadata = {"format": CHECKPOINT_FORMAT, "step": str(step), "lr": repr(lr)}
     if train_loss is not None:
         metadata["train_loss"] = repr(float(train_loss))
     optimizer_tensors = optimizer_metadata = None
     if optimizer is not None:
-        state = _optimizer_state(model, optimizer)
+        state = optimizer_state(model, optimizer)
         metadata["optimizer"] = json.dumps(
             {"class": state.kind, "hyperparameters": state.hyperparameters}
         )
         optimizer_tensors = {
-            f"{key}/{name}": _plain(t)
+            f"{key}/{name}": snapshot_tensor(t)
             for name, slots in state.state.items()
             for key, t in slots.items()
         }
