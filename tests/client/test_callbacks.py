@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import httpx
+
+# Plain imports, not importorskip: the dev extra installs both, and a missing one must fail here.
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 
 from obstacle.artifacts.layout import CHECKPOINT_DIR, checkpoint_filename
@@ -18,12 +22,8 @@ from obstacle.battery.analysis import analyze, checkpoint_steps
 from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.probe import Probe
 from obstacle.client import Client
+from obstacle.client.callbacks import ObstacleCallback, ObstacleTrainerCallback
 from obstacle.errors import ParameterError
-
-pl = pytest.importorskip("lightning.pytorch")
-transformers = pytest.importorskip("transformers")
-
-from obstacle.client.callbacks import ObstacleCallback, ObstacleTrainerCallback  # noqa: E402
 
 
 def _assert_run_dir(
