@@ -173,6 +173,8 @@ def test_thresholds_are_overridable_and_checked() -> None:
         DEFAULT_THRESHOLDS.override({"plateau_rel": -1.0})
 
 
-def test_single_checkpoint_gets_a_verdict() -> None:
+def test_single_checkpoint_gets_a_verdict_that_says_what_one_checkpoint_cannot_show() -> None:
     verdict = judge(_records(n=1))
-    assert verdict["primary"] in LABELS
+    assert verdict["primary"] == "healthy"
+    assert "need two or more checkpoints" in verdict["summary"]
+    assert "n/a" not in " ".join(r["reason"] for r in verdict["ruled_out"])

@@ -180,8 +180,8 @@ def saddle_point(facts: RunFacts, t: Thresholds) -> Finding:
         return f
     if not facts.plateau:
         f.reason = (
-            f"negative curvature (λmin = {fmt(lmin)}) is present but the loss is still falling "
-            f"({fmt(100 * facts.late_progress)}% over the second half), so the run is passing it, not stuck"
+            f"negative curvature (λmin = {fmt(lmin)}) is present but {_progress(facts)}, so a stall "
+            "at it is not shown"
         )
         f.steps = [int(r["step"]) for r in saddle_rows]
         f.confidence = 0.25
@@ -230,7 +230,7 @@ def local_minimum(facts: RunFacts, t: Thresholds, target_loss: float | None) -> 
         "steps or noise to reach a better basin"
     )
     if not facts.plateau:
-        f.reason = f"the loss is still falling ({fmt(100 * facts.late_progress)}% over the second half): no minimum reached yet"
+        f.reason = f"{_progress(facts)}: no minimum reached yet is shown"
         return f
     if _negative_curvature(last, t) and _escapes(last, t):
         f.reason = f"λmin = {fmt(lmin)} is clearly negative and escapable: a saddle, not a minimum"
@@ -394,8 +394,7 @@ def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) ->
         return f
     if not facts.plateau:
         f.reason = (
-            f"minibatch steps are noisy ({fmt(100 * mean_mini)}% uphill) but the loss still falls "
-            f"{fmt(100 * facts.late_progress)}% over the second half"
+            f"minibatch steps are noisy ({fmt(100 * mean_mini)}% uphill) but {_progress(facts)}"
         )
         f.confidence = 0.3
         return f
@@ -493,6 +492,13 @@ def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
     if fading:
         f.add("lanczos", f"λmax faded to {fmt(fade)} of its peak", fade)
     return f
+
+
+def _progress(facts: RunFacts) -> str:
+    """How the loss moved, in words: a trend needs two or more checkpoints."""
+    if not finite(facts.late_progress):
+        return "progress cannot be judged from a single checkpoint (or non-finite losses)"
+    return f"the loss is still falling ({fmt(100 * facts.late_progress)}% over the second half)"
 
 
 def _mean(facts: RunFacts, key: str) -> float:

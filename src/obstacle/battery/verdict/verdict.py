@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from obstacle.battery.verdict.evidence import Record, fmt, run_facts
+from obstacle.battery.verdict.evidence import Record, finite, fmt, run_facts
 from obstacle.battery.verdict.rules import (
     Finding,
     divergence,
@@ -83,6 +83,11 @@ def judge(
         confidence = 1.0 - max(f.confidence for f in findings.values())
         if facts.plateau:
             summary = f"Healthy: converged to a minimum at loss {fmt(facts.last_loss)}; no obstacle found."
+        elif not finite(facts.late_progress):
+            summary = (
+                f"No obstacle found at loss {fmt(facts.last_loss)}; progress, plateaus and trends "
+                "need two or more checkpoints."
+            )
         else:
             summary = (
                 f"Healthy: the loss is still falling ({fmt(100 * facts.late_progress)}% over the second "
