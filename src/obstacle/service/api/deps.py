@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -161,17 +162,16 @@ _sha_header = Header(
 )
 
 
-async def probe_upload(
-    request: Request,
-    run: CurrentRun,  # authorised before a byte of the body is read
-    settings: SettingsDep,
-    x_content_sha256: Annotated[str | None, _sha_header] = None,
+@asynccontextmanager
+async def _received(
+    request: Request, settings: Settings, sha256: str | None, *, what: str, limit: int
 ) -> AsyncIterator[ReceivedUpload]:
+    """Stream the body to a temporary file (checked against ``sha256``), removed afterwards."""
     upload = await receive_upload(
         request.stream(),
-        what="probe bundle",
-        limit=settings.max_probe_bytes,
-        declared_sha256=x_content_sha256,
+        what=what,
+        limit=limit,
+        declared_sha256=sha256,
         content_length=request.headers.get("content-length"),
         tmp_dir=settings.resolved_upload_tmp_dir,
     )
@@ -179,6 +179,18 @@ async def probe_upload(
         yield upload
     finally:
         upload.path.unlink(missing_ok=True)
+
+
+async def probe_upload(
+    request: Request,
+    run: CurrentRun,  # authorised before a byte of the body is read
+    settings: SettingsDep,
+    x_content_sha256: Annotated[str | None, _sha_header] = None,
+) -> AsyncIterator[ReceivedUpload]:
+    async with _received(
+        request, settings, x_content_sha256, what="probe bundle", limit=settings.max_probe_bytes
+    ) as upload:
+        yield upload
 
 
 async def checkpoint_upload(
@@ -187,18 +199,10 @@ async def checkpoint_upload(
     settings: SettingsDep,
     x_content_sha256: Annotated[str | None, _sha_header] = None,
 ) -> AsyncIterator[ReceivedUpload]:
-    upload = await receive_upload(
-        request.stream(),
-        what="checkpoint",
-        limit=settings.max_checkpoint_bytes,
-        declared_sha256=x_content_sha256,
-        content_length=request.headers.get("content-length"),
-        tmp_dir=settings.resolved_upload_tmp_dir,
-    )
-    try:
+    async with _received(
+        request, settings, x_content_sha256, what="checkpoint", limit=settings.max_checkpoint_bytes
+    ) as upload:
         yield upload
-    finally:
-        upload.path.unlink(missing_ok=True)
 
 
 async def train_log_upload(
@@ -207,18 +211,10 @@ async def train_log_upload(
     settings: SettingsDep,
     x_content_sha256: Annotated[str | None, _sha_header] = None,
 ) -> AsyncIterator[ReceivedUpload]:
-    upload = await receive_upload(
-        request.stream(),
-        what="train log",
-        limit=settings.max_train_log_bytes,
-        declared_sha256=x_content_sha256,
-        content_length=request.headers.get("content-length"),
-        tmp_dir=settings.resolved_upload_tmp_dir,
-    )
-    try:
+    async with _received(
+        request, settings, x_content_sha256, what="train log", limit=settings.max_train_log_bytes
+    ) as upload:
         yield upload
-    finally:
-        upload.path.unlink(missing_ok=True)
 
 
 ProbeUpload = Annotated[ReceivedUpload, Depends(probe_upload)]
