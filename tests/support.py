@@ -117,3 +117,28 @@ def write_run(
 def calls(cost: dict[str, int]) -> dict[str, int]:
     """The call counts of a record's ``cost`` (without the single-batch pass counts)."""
     return {k: cost[k] for k in ("loss_evals", "grad_evals", "hvp_evals")}
+
+
+def quadratic_context(
+    engine: LossEngine,
+    theta: Tensor,
+    *,
+    step: int = 1,
+    lr: float = 0.1,
+    optimizer: object = None,
+    theta0: Tensor | None = None,
+    **options: object,
+) -> object:
+    """A CheckpointContext for a :class:`Shift` model at ``theta`` (state dict ``{"theta": θ}``)."""
+    from obstacle.battery.checkpoint import Checkpoint
+    from obstacle.battery.quantities.base import CheckpointContext
+
+    state = {"theta": theta}
+    checkpoint = Checkpoint(step=step, lr=lr, train_loss=None, state=state, optimizer=optimizer)  # type: ignore[arg-type]
+    return CheckpointContext(
+        engine=engine,
+        theta=engine.flatten(state),
+        checkpoint=checkpoint,
+        theta0=theta0,
+        options=dict(options),
+    )

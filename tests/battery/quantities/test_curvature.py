@@ -24,7 +24,13 @@ from obstacle.battery.optimizer_step import OptimizerModel
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.curvature import DirectionalCurvature
-from support import classification_batches, full_hessian, quadratic_engine, tiny_mlp
+from support import (
+    classification_batches,
+    full_hessian,
+    quadratic_context,
+    quadratic_engine,
+    tiny_mlp,
+)
 
 LAMBDAS = [0.5, 2.0, 4.0]
 A = torch.diag(torch.tensor(LAMBDAS, dtype=torch.float64))
@@ -33,19 +39,7 @@ E = torch.eye(3, dtype=torch.float64)
 CENTRES = [torch.stack([0.5 * s * E[0] + E[1], 0.5 * s * E[0] - E[1]]) for s in (1.0, -1.0)]
 
 
-def _ctx(
-    engine: LossEngine,
-    theta: Tensor,
-    *,
-    lr: float = 0.1,
-    optimizer: OptimizerState | None = None,
-    **options: object,
-) -> CheckpointContext:
-    state = {"theta": theta}
-    ckpt = Checkpoint(step=1, lr=lr, train_loss=None, state=state, optimizer=optimizer)
-    return CheckpointContext(
-        engine=engine, theta=engine.flatten(state), checkpoint=ckpt, options=dict(options)
-    )
+_ctx = quadratic_context
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,20 @@ Tolerances: 1e-14 relative for the quadratic; 1e-10 relative for the Adam step n
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import obstacle
-from obstacle.battery.checkpoint import Checkpoint, load_checkpoint
+from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.engine import LossEngine
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.gradient import GradientNorm
-from support import classification_batches, quadratic_engine, tiny_mlp
+from support import classification_batches, quadratic_context, quadratic_engine, tiny_mlp
 
 A = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
 CENTRES = [
@@ -28,14 +29,7 @@ CENTRES = [
 ]
 
 
-def _ctx(
-    engine: LossEngine, theta: Tensor, *, lr: float = 0.1, theta0: Tensor | None = None
-) -> CheckpointContext:
-    state = {"theta": theta}
-    ckpt = Checkpoint(step=3, lr=lr, train_loss=None, state=state)
-    return CheckpointContext(
-        engine=engine, theta=engine.flatten(state), checkpoint=ckpt, theta0=theta0
-    )
+_ctx = partial(quadratic_context, step=3)
 
 
 @pytest.fixture(scope="module")

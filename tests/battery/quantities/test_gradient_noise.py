@@ -13,11 +13,8 @@ import math
 
 import pytest
 import torch
-from torch import Tensor
 
-from obstacle.battery.checkpoint import Checkpoint
 from obstacle.battery.engine import LossEngine
-from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.gradient_noise import (
     GradientNoise,
     _centred_gram,
@@ -25,7 +22,7 @@ from obstacle.battery.quantities.gradient_noise import (
     noise_statistics,
 )
 from obstacle.errors import ParameterError
-from support import calls, quadratic_engine
+from support import calls, quadratic_context, quadratic_engine
 
 A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
 M = torch.tensor([0.5, -0.25, 1.0], dtype=torch.float64)
@@ -38,12 +35,7 @@ K, B = 4, 2
 TRACE = sum(float((A @ d).norm() ** 2) for d in DELTAS) / (K - 1)  # = 2·S²·(1 + 4)/3
 
 
-def _ctx(engine: LossEngine, theta: Tensor, **options: object) -> CheckpointContext:
-    state = {"theta": theta}
-    ckpt = Checkpoint(step=1, lr=0.1, train_loss=None, state=state)
-    return CheckpointContext(
-        engine=engine, theta=engine.flatten(state), checkpoint=ckpt, options=dict(options)
-    )
+_ctx = quadratic_context
 
 
 @pytest.fixture(scope="module")

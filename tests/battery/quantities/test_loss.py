@@ -11,12 +11,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from obstacle.battery.checkpoint import Checkpoint
 from obstacle.battery.engine import LossEngine
 from obstacle.battery.probe import Probe
-from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.loss import LossQuantity
-from support import QuadraticLoss, Shift, calls, quadratic_engine
+from support import QuadraticLoss, Shift, calls, quadratic_context, quadratic_engine
 
 A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
 CENTRES = [
@@ -31,10 +29,7 @@ def _closed_form(theta: Tensor, centres: Tensor) -> float:
     return float(0.5 * torch.einsum("bi,ij,bj->b", diff, A, diff).mean())
 
 
-def _ctx(engine: LossEngine, theta: Tensor) -> CheckpointContext:
-    state = {"theta": theta}
-    ckpt = Checkpoint(step=1, lr=0.1, train_loss=None, state=state)
-    return CheckpointContext(engine=engine, theta=engine.flatten(state), checkpoint=ckpt)
+_ctx = quadratic_context
 
 
 @pytest.fixture(scope="module")

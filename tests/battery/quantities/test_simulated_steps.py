@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 
 import obstacle
-from obstacle.battery.checkpoint import Checkpoint, OptimizerState, load_checkpoint
+from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.engine import LossEngine
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.simulated_steps import SimulatedSteps
-from support import calls, classification_batches, quadratic_engine, tiny_mlp
+from support import calls, classification_batches, quadratic_context, quadratic_engine, tiny_mlp
 
 LAMBDAS = [0.5, 2.0, 4.0]
 A = torch.diag(torch.tensor(LAMBDAS, dtype=torch.float64))
@@ -34,19 +34,7 @@ SIGNS = (1.0, -1.0, 1.0, -1.0)
 CENTRES = [torch.stack([s * E[0] + 30 * E[1], s * E[0] - 30 * E[1]]) for s in SIGNS]
 
 
-def _ctx(
-    engine: LossEngine,
-    theta: Tensor,
-    *,
-    lr: float = 0.1,
-    optimizer: OptimizerState | None = None,
-    **options: object,
-) -> CheckpointContext:
-    state = {"theta": theta}
-    ckpt = Checkpoint(step=1, lr=lr, train_loss=None, state=state, optimizer=optimizer)
-    return CheckpointContext(
-        engine=engine, theta=engine.flatten(state), checkpoint=ckpt, options=dict(options)
-    )
+_ctx = quadratic_context
 
 
 def _exact_change(g: Tensor, d: Tensor) -> float:
