@@ -2,7 +2,8 @@
 
 Three entry points, shared by ``obstacle analyze`` and the Celery workers:
 
-- :func:`analyze_checkpoint` — one checkpoint's record (a worker task's unit of work);
+- :class:`SequenceAnalyzer` — records for checkpoints taken in order, warm-started (a worker
+  task's unit of work: an ordered group of checkpoints);
 - :func:`summarize_run` — the run-level tests and the verdict from all checkpoint records;
 - :func:`analyze` — both, in-process, with Lanczos warm-started along the sequence.
 """
@@ -158,6 +159,36 @@ def _run_checkpoint(session: _Session, step: int, carry: dict[str, Any]) -> Reco
     return flat_record(ctx.checkpoint, details, grad_param_cosine=cosine)
 
 
+class SequenceAnalyzer:
+    """Records for a run's checkpoints taken in step order, Lanczos warm-started along them.
+
+    One probe and engine bound once; ``record(step)`` analyses one checkpoint and carries its Ritz
+    vectors to the next call. This is what ``obstacle analyze`` does in-process and what a worker
+    does for the ordered group of checkpoints one task owns, so both spend the same HVPs per
+    checkpoint. A step that fails (an exception out of ``record``) leaves the carry as it was.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        *,
+        preset: str = "standard",
+        device: str = "cpu",
+        dtype: str = "float64",
+    ) -> None:
+        self._session = _Session(Path(run_dir), get_preset(preset), device, dtype)
+        self._carry: dict[str, Any] = {}
+
+    @property
+    def engine(self) -> LossEngine:
+        return self._session.engine
+
+    def record(self, step: int) -> Record:
+        """The battery's record for the checkpoint at ``step`` (JSON-ready: non-finite → null)."""
+        record: Record = to_json(_run_checkpoint(self._session, step, self._carry))
+        return record
+
+
 def analyze_checkpoint(
     run_dir: Path | str,
     step: int,
@@ -166,10 +197,8 @@ def analyze_checkpoint(
     device: str = "cpu",
     dtype: str = "float64",
 ) -> Record:
-    """The battery's record for one checkpoint (JSON-ready: non-finite values become null)."""
-    session = _Session(Path(run_dir), get_preset(preset), device, dtype)
-    record: Record = to_json(_run_checkpoint(session, step, {}))
-    return record
+    """The battery's record for one checkpoint, cold-started (see :class:`SequenceAnalyzer`)."""
+    return SequenceAnalyzer(run_dir, preset=preset, device=device, dtype=dtype).record(step)
 
 
 def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -> Record:
@@ -327,13 +356,12 @@ def analyze(
 ) -> dict[str, Any]:
     """Analyse every checkpoint of ``run_dir`` in order (Lanczos warm-started), then the run."""
     steps = checkpoint_steps(Path(run_dir))
-    session = _Session(Path(run_dir), get_preset(preset), device, dtype)
-    carry: dict[str, Any] = {}
+    analyzer = SequenceAnalyzer(run_dir, preset=preset, device=device, dtype=dtype)
     records = []
     for i, step in enumerate(steps):
         if progress:
             progress("checkpoint", i, len(steps))
-        records.append(to_json(_run_checkpoint(session, step, carry)))
+        records.append(analyzer.record(step))
     if progress:
         progress("checkpoint", len(steps), len(steps))
         progress("run", 0, 1)
