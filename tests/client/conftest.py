@@ -75,6 +75,7 @@ class Service:
     url: str
     token: str
     data_dir: Path
+    pid: int | None = None  # the API's process (uvicorn runs in `obstacle serve` itself)
 
 
 def _free_port() -> int:
@@ -123,7 +124,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                     f"obstacle serve did not become healthy: {(data_dir / 'serve.log').read_text()}"
                 )
             time.sleep(0.3)
-        yield Service(url=url, token=token, data_dir=data_dir)
+        yield Service(url=url, token=token, data_dir=data_dir, pid=process.pid)
     finally:
         process.terminate()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -44,11 +46,41 @@ def test_put_get_list_delete(store: ArtifactStore, tmp_path: Path) -> None:
     store.delete_prefix("runs/never")  # deleting what is not there is fine
 
 
-def test_a_write_leaves_no_partial_file(store: ArtifactStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", [False, True])
+def test_a_write_leaves_no_partial_file(store: ArtifactStore, tmp_path: Path, link: bool) -> None:
     missing = tmp_path / "does-not-exist"
     with pytest.raises(FileNotFoundError):
-        store.put_file(missing, "runs/a/file")
+        store.put_file(missing, "runs/a/file", link=link)
     assert store.list_keys("runs") == []
+
+
+def test_a_linked_file_is_stored_without_a_copy(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "upload-spool"
+    source.write_bytes(b"weights" * 1000)
+    source.chmod(0o600)  # as uploads are spooled
+    store.put_file(source, "runs/a/ckpt.safetensors", link=True)
+    if store.url.startswith("memory://"):
+        assert store.read_bytes("runs/a/ckpt.safetensors") == source.read_bytes()
+        return
+    stored = tmp_path / "store" / "runs" / "a" / "ckpt.safetensors"
+    assert stored.samefile(source), "a local store on the same filesystem takes a hardlink"
+    assert stored.stat().st_mode & 0o777 == 0o644, "readable by workers, as a copy would be"
+    source.unlink()  # the upload's spool file is removed after the request
+    assert stored.read_bytes() == b"weights" * 1000
+    assert store.list_keys("runs") == ["runs/a/ckpt.safetensors"], "no partial file is left"
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second filesystem (/dev/shm)")
+def test_a_file_on_another_filesystem_is_copied(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    with tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="obstacle-test-") as handle:
+        handle.write(b"weights" * 1000)
+        handle.flush()
+        if os.stat(handle.name).st_dev == tmp_path.stat().st_dev:
+            pytest.skip("/dev/shm is on the same filesystem as the test's directory")
+        store.put_file(handle.name, "runs/a/ckpt.safetensors", link=True)
+    stored = tmp_path / "store" / "runs" / "a" / "ckpt.safetensors"
+    assert stored.read_bytes() == b"weights" * 1000 and stored.stat().st_nlink == 1
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "runs/../../etc/passwd", "a/../b"])

@@ -9,11 +9,14 @@
             result = run.analyze(target_loss=0.05)
         print(result.verdict["summary"])
 
-Every error is one of ``obstacle.errors`` (``TransportError`` and its subclasses for the network).
+Uploads take bytes or a file (a ``pathlib.Path`` or a hashed ``FileBody``); a file is sent from
+disk in chunks, never read whole into memory. Every error is one of ``obstacle.errors``
+(``TransportError`` and its subclasses for the network).
 """
 
 from __future__ import annotations
 
+from obstacle.client._body import FileBody
 from obstacle.client._client import Client
 from obstacle.client._models import (
     AnalysisResult,
@@ -32,6 +35,7 @@ __all__ = [
     "AnalysisStatus",
     "CheckpointInfo",
     "Client",
+    "FileBody",
     "ProbeInfo",
     "Progress",
     "Run",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from obstacle.client._body import FileBody
 from obstacle.client._exceptions import map_httpx_exceptions, service_error, translate
 from obstacle.client._models import (
     AnalysisResult,
@@ -19,19 +21,23 @@ from obstacle.client._models import (
     RunInfo,
 )
 from obstacle.client._progress import progress_bar
-from obstacle.errors import ComputeError, InputError, ParameterError, TimeoutError, TransportError
+from obstacle.errors import ComputeError, ParameterError, TimeoutError, TransportError
 
 if TYPE_CHECKING:
     from obstacle.battery.probe import Probe
     from obstacle.client._run import Run
 
-__all__ = ["DEFAULT_TIMEOUT", "Client", "read_bytes"]
+__all__ = ["DEFAULT_TIMEOUT", "Client", "UploadData"]
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 PRESETS = ("quick", "standard", "full")
+
+#: What an upload takes: bytes already in memory, or a file (a path, or a hashed ``FileBody``)
+#: that is sent from disk in chunks.
+UploadData = bytes | os.PathLike[str] | FileBody
 
 
 class Client:
@@ -84,11 +90,14 @@ class Client:
         path: str,
         *,
         json: Any = None,
-        content: bytes | None = None,
+        content: bytes | FileBody | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying transient failures; raise on a 4xx/5xx answer."""
+        """Send one request, retrying transient failures; raise on a 4xx/5xx answer.
+
+        A ``FileBody`` is streamed from its file, which every try opens again from the start.
+        """
         what = f"{method} {path}"
         attempts = self.retries + 1
         for attempt in range(attempts):
@@ -98,7 +107,7 @@ class Client:
                     method,
                     path,
                     json=json,
-                    content=content,
+                    content=content.chunks() if isinstance(content, FileBody) else content,
                     params={k: v for k, v in (params or {}).items() if v is not None},
                     headers=headers,
                 )
@@ -185,23 +194,25 @@ class Client:
     def delete_run(self, run_id: str) -> None:
         self.request("DELETE", f"/v1/runs/{run_id}")
 
-    def put_probe(self, run_id: str, bundle: bytes) -> bool:
-        """Upload a probe bundle (``pack_probe`` bytes); True if stored, False if unchanged."""
+    def put_probe(self, run_id: str, bundle: UploadData) -> bool:
+        """Upload a probe bundle (``pack_probe``'s bytes or file); True if stored, False if unchanged."""
+        body = _upload_body(bundle)
         response = self.request(
             "PUT",
             f"/v1/runs/{run_id}/probe",
-            content=bundle,
-            headers=_upload_headers(bundle, "application/zip"),
+            content=body,
+            headers=_upload_headers(body, "application/zip"),
         )
         return response.status_code == 201
 
-    def put_train_log(self, run_id: str, data: bytes) -> None:
-        """Upload ``train_log.jsonl`` bytes; they replace the run's log (the same bytes: a no-op)."""
+    def put_train_log(self, run_id: str, data: UploadData) -> None:
+        """Upload ``train_log.jsonl``; it replaces the run's log (the same bytes: a no-op)."""
+        body = _upload_body(data)
         self.request(
             "PUT",
             f"/v1/runs/{run_id}/train-log",
-            content=data,
-            headers=_upload_headers(data, "application/x-ndjson"),
+            content=body,
+            headers=_upload_headers(body, "application/x-ndjson"),
         )
 
     def list_checkpoints(self, run_id: str) -> list[CheckpointInfo]:
@@ -212,29 +223,36 @@ class Client:
         self,
         run_id: str,
         step: int,
-        data: bytes,
+        data: UploadData,
         *,
         lr: float | None = None,
         train_loss: float | None = None,
     ) -> CheckpointInfo:
-        """Upload a checkpoint's safetensors bytes (same bytes again is a no-op)."""
-        body = self._json(
+        """Upload a safetensors checkpoint (same bytes again is a no-op).
+
+        ``data`` is its bytes, or its file (a path or ``FileBody``), which is sent from disk in
+        chunks and never read whole into memory.
+        """
+        body = _upload_body(data)
+        answer = self._json(
             "PUT",
             f"/v1/runs/{run_id}/checkpoints/{step}",
-            content=data,
+            content=body,
             params={"lr": lr, "train_loss": train_loss},
-            headers=_upload_headers(data, "application/octet-stream"),
+            headers=_upload_headers(body, "application/octet-stream"),
         )
-        return CheckpointInfo.from_json(body)
+        return CheckpointInfo.from_json(answer)
 
-    def put_optimizer_state(self, run_id: str, step: int, data: bytes) -> CheckpointInfo:
-        body = self._json(
+    def put_optimizer_state(self, run_id: str, step: int, data: UploadData) -> CheckpointInfo:
+        """Upload the optimizer state of the checkpoint at ``step`` (bytes or a file, as above)."""
+        body = _upload_body(data)
+        answer = self._json(
             "PUT",
             f"/v1/runs/{run_id}/checkpoints/{step}/optimizer",
-            content=data,
-            headers=_upload_headers(data, "application/octet-stream"),
+            content=body,
+            headers=_upload_headers(body, "application/octet-stream"),
         )
-        return CheckpointInfo.from_json(body)
+        return CheckpointInfo.from_json(answer)
 
     # --- analyses -------------------------------------------------------------------------
 
@@ -318,13 +336,19 @@ class Client:
         return body
 
 
-def _upload_headers(data: bytes, content_type: str) -> dict[str, str]:
-    return {"Content-Type": content_type, "X-Content-SHA256": hashlib.sha256(data).hexdigest()}
+def _upload_body(data: UploadData) -> bytes | FileBody:
+    """Bytes as they are; a path hashed into a ``FileBody`` (one chunked pass over the file)."""
+    if isinstance(data, bytes | FileBody):
+        return data
+    if isinstance(data, os.PathLike):
+        return FileBody.from_path(data)
+    raise ParameterError(
+        f"The 'data' parameter must be bytes, a path (pathlib.Path) or a FileBody. Got "
+        f"{type(data).__name__} instead. Wrap a file name in pathlib.Path to send the file."
+    )
 
 
-def read_bytes(path: Path) -> bytes:
-    """A file's bytes, or InputError naming it."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
+def _upload_headers(body: bytes | FileBody, content_type: str) -> dict[str, str]:
+    if isinstance(body, FileBody):
+        return body.headers(content_type)
+    return {"Content-Type": content_type, "X-Content-SHA256": hashlib.sha256(body).hexdigest()}

@@ -1,9 +1,10 @@
 """``Run``: a run on the service that checkpoints are logged to while training goes on.
 
 ``log_checkpoint`` copies the weights (and optimizer state) in the caller's thread — training may
-mutate the model as soon as it returns — and a background thread serializes and uploads them.
-The queue between the two is bounded: when uploads fall behind, ``log_checkpoint`` waits
-(backpressure) instead of holding an unbounded number of copies in memory.
+mutate the model as soon as it returns — and a background thread writes them to a temporary
+safetensors file (straight from the tensors' memory, no serialized copy), lets the copy go, and
+streams the file to the service. The queue between the two is bounded: when uploads fall behind,
+``log_checkpoint`` waits (backpressure) instead of holding an unbounded number of copies in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import queue
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from obstacle.battery.probe import Probe
     from obstacle.client._client import Client
 
-__all__ = ["Run", "probe_bundle"]
+__all__ = ["Run", "packed_probe"]
 
 
 @dataclass
@@ -38,6 +40,26 @@ class _Snapshot:
     metadata: dict[str, str]
     optimizer_tensors: dict[str, torch.Tensor] | None
     optimizer_metadata: dict[str, str] | None
+
+    def write(self, directory: Path) -> tuple[Path, Path | None]:
+        """Save the checkpoint (and optimizer state) files into ``directory``; drop the tensors.
+
+        ``save_file`` writes from the tensors' memory, so the snapshot is the only copy, and it
+        is let go as soon as it is on disk: the upload that follows holds only a file.
+        """
+        from safetensors.torch import save_file
+
+        from obstacle.artifacts.layout import checkpoint_filename, optimizer_filename
+
+        checkpoint = directory / checkpoint_filename(self.step)
+        save_file(self.tensors, checkpoint, metadata=self.metadata)
+        self.tensors = {}
+        optim = None
+        if self.optimizer_tensors is not None:
+            optim = directory / optimizer_filename(self.step)
+            save_file(self.optimizer_tensors, optim, metadata=self.optimizer_metadata)
+            self.optimizer_tensors = {}
+        return checkpoint, optim
 
 
 class Run:
@@ -79,7 +101,8 @@ class Run:
 
     def upload_probe(self, probe: Probe | str | Path) -> bool:
         """Upload the probe (a Probe, a run directory, or its ``probe/``); False if unchanged."""
-        created = self.client.put_probe(self.id, probe_bundle(probe))
+        with packed_probe(probe) as bundle:
+            created = self.client.put_probe(self.id, bundle)
         self._has_probe = True
         return created
 
@@ -173,13 +196,11 @@ class Run:
                 self._queue.task_done()
 
     def _upload(self, item: _Snapshot) -> None:
-        from safetensors.torch import save
-
-        data = save(item.tensors, metadata=item.metadata)
-        self.client.put_checkpoint(self.id, item.step, data)
-        if item.optimizer_tensors is not None:
-            optim = save(item.optimizer_tensors, metadata=item.optimizer_metadata)
-            self.client.put_optimizer_state(self.id, item.step, optim)
+        with tempfile.TemporaryDirectory(prefix="obstacle-upload-") as tmp:
+            checkpoint, optim = item.write(Path(tmp))
+            self.client.put_checkpoint(self.id, item.step, checkpoint)
+            if optim is not None:
+                self.client.put_optimizer_state(self.id, item.step, optim)
         self.uploaded_steps.append(item.step)
 
     # --- analyses -------------------------------------------------------------------------
@@ -257,8 +278,12 @@ def _snapshot(
     return _Snapshot(step, lr, train_loss, tensors, metadata, optimizer_tensors, optimizer_metadata)
 
 
-def probe_bundle(probe: Probe | str | Path) -> bytes:
-    """The bundle bytes of a Probe, a run directory holding ``probe/``, or a ``probe/`` directory."""
+@contextlib.contextmanager
+def packed_probe(probe: Probe | str | Path) -> Iterator[Path]:
+    """The bundle file of a Probe, a run directory holding ``probe/``, or a ``probe/`` directory.
+
+    Packed into a temporary directory (removed on leaving), so the bundle is uploaded from disk.
+    """
     from obstacle.artifacts.bundle import pack_probe
     from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST
 
@@ -271,7 +296,9 @@ def probe_bundle(probe: Probe | str | Path) -> bytes:
                 f"{path}: no such directory. Pass a run directory (holding probe/) or a captured "
                 "obstacle.Probe."
             )
-        return pack_probe(path)
+        with tempfile.TemporaryDirectory(prefix="obstacle-probe-") as tmp:
+            yield pack_probe(path, Path(tmp) / "probe.zip")
+        return
     save = getattr(probe, "save", None)
     if save is None:
         raise ProbeError(
@@ -279,4 +306,4 @@ def probe_bundle(probe: Probe | str | Path) -> bytes:
             f"{type(probe).__name__}."
         )
     with tempfile.TemporaryDirectory(prefix="obstacle-probe-") as tmp:
-        return pack_probe(save(Path(tmp)))
+        yield pack_probe(save(Path(tmp) / "run"), Path(tmp) / "probe.zip")

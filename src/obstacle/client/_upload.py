@@ -10,7 +10,7 @@ that grew since replaces the run's.
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from obstacle.artifacts.layout import (
@@ -20,10 +20,11 @@ from obstacle.artifacts.layout import (
     list_checkpoints,
     optimizer_filename,
 )
-from obstacle.client._client import Client, read_bytes
+from obstacle.client._body import FileBody
+from obstacle.client._client import Client
 from obstacle.client._models import RunInfo, UploadResult
-from obstacle.client._progress import progress_bar
-from obstacle.client._run import probe_bundle
+from obstacle.client._progress import Bar, progress_bar
+from obstacle.client._run import packed_probe
 from obstacle.errors import InputError, RunDirectoryError
 
 __all__ = ["upload_run_dir"]
@@ -43,62 +44,31 @@ def upload_run_dir(
     """Upload ``run_dir`` (written by ``Probe.save`` and ``save_checkpoint``); resumable.
 
     Without ``run_id`` the run is the project's run with this name and probe (created if there
-    is none), so running it again after an interruption sends only what is missing.
+    is none), so running it again after an interruption sends only what is missing. Every file
+    is hashed in one pass and sent from disk in chunks; the progress bar counts the bytes sent.
     """
     path = Path(run_dir)
     checkpoints = _checkpoints(path)
-    bundle = probe_bundle(path)
-    bundle_sha = hashlib.sha256(bundle).hexdigest()
     name = name or path.resolve().name
-    if run_id is not None:
-        info = client.get_run(run_id)
-        if info.probe is not None and info.probe.sha256 != bundle_sha:
-            raise InputError(
-                f"run {run_id} already holds another probe (SHA-256 {info.probe.sha256[:16]}…) than "
-                f"{path / PROBE_DIR} ({bundle_sha[:16]}…). Upload without --run to create a new run."
-            )
-    else:
-        info = _find_run(client, name, bundle_sha) or RunInfo.from_json(
-            client._json(
-                "POST",
-                "/v1/runs",
-                json={"name": name, "meta": {"source": SOURCE, "probe_sha256": bundle_sha}},
-            )
-        )
-    probe_uploaded = False
-    if info.probe is None:
-        probe_uploaded = client.put_probe(info.id, bundle)
-    remote = {c.step: c for c in client.list_checkpoints(info.id)}
-    uploaded: list[int] = []
-    skipped: list[int] = []
-    bar = progress_bar(progress, desc=f"uploading {name}", unit="ckpt", total=len(checkpoints))
+    bar: Bar | None = None
     try:
-        for done, (step, file) in enumerate(checkpoints, start=1):
-            data = read_bytes(file)
-            have = remote.get(step)
-            if have is not None and have.sha256 == hashlib.sha256(data).hexdigest():
-                skipped.append(step)
-                optimizer_sha = have.optimizer_sha256
-            else:
-                client.put_checkpoint(info.id, step, data)
-                uploaded.append(step)
-                optimizer_sha = None
-            optim_file = file.with_name(optimizer_filename(step))
-            if optim_file.is_file():
-                optim = read_bytes(optim_file)
-                if optimizer_sha != hashlib.sha256(optim).hexdigest():
-                    client.put_optimizer_state(info.id, step, optim)
-            if bar is not None:
-                bar.update_to(done)
+        with packed_probe(path) as bundle_file:
+            bundle = FileBody.from_path(bundle_file)
+            info = _target_run(client, path, bundle.sha256, name=name, run_id=run_id)
+            total = _local_bytes(path, checkpoints) + (bundle.size if info.probe is None else 0)
+            bar = progress_bar(
+                progress, desc=f"uploading {name}", unit="B", unit_scale=True, total=total
+            )
+            sending = _BytesSent(bar)
+            probe_uploaded = False
+            if info.probe is None:
+                probe_uploaded = client.put_probe(info.id, sending.track(bundle, "probe"))
+                sending.sent(bundle)
+        uploaded, skipped = _send_checkpoints(client, info.id, checkpoints, sending)
+        train_log_uploaded = _send_train_log(client, info, path / TRAIN_LOG, sending)
     finally:
         if bar is not None:
             bar.close()
-    train_log_uploaded = False
-    if (path / TRAIN_LOG).is_file():
-        log = read_bytes(path / TRAIN_LOG)
-        if info.train_log_sha256 != hashlib.sha256(log).hexdigest():
-            client.put_train_log(info.id, log)
-            train_log_uploaded = True
     return UploadResult(
         run=client.get_run(info.id),
         uploaded=uploaded,
@@ -106,6 +76,108 @@ def upload_run_dir(
         probe_uploaded=probe_uploaded,
         train_log_uploaded=train_log_uploaded,
     )
+
+
+def _target_run(
+    client: Client, path: Path, bundle_sha: str, *, name: str, run_id: str | None
+) -> RunInfo:
+    if run_id is not None:
+        info = client.get_run(run_id)
+        if info.probe is not None and info.probe.sha256 != bundle_sha:
+            raise InputError(
+                f"run {run_id} already holds another probe (SHA-256 {info.probe.sha256[:16]}…) than "
+                f"{path / PROBE_DIR} ({bundle_sha[:16]}…). Upload without --run to create a new run."
+            )
+        return info
+    return _find_run(client, name, bundle_sha) or RunInfo.from_json(
+        client._json(
+            "POST",
+            "/v1/runs",
+            json={"name": name, "meta": {"source": SOURCE, "probe_sha256": bundle_sha}},
+        )
+    )
+
+
+def _send_checkpoints(
+    client: Client, run_id: str, checkpoints: list[tuple[int, Path]], sending: _BytesSent
+) -> tuple[list[int], list[int]]:
+    """Send the checkpoints (and optimizer states) the service lacks; (uploaded, skipped) steps."""
+    remote = {c.step: c for c in client.list_checkpoints(run_id)}
+    uploaded: list[int] = []
+    skipped: list[int] = []
+    for step, file in checkpoints:
+        body = sending.hash(file, f"step {step}")
+        have = remote.get(step)
+        if have is not None and have.sha256 == body.sha256:
+            sending.skipped(body)
+            skipped.append(step)
+            optimizer_sha = have.optimizer_sha256
+        else:
+            client.put_checkpoint(run_id, step, sending.track(body, f"step {step}"))
+            sending.sent(body)
+            uploaded.append(step)
+            optimizer_sha = None
+        optim_file = file.with_name(optimizer_filename(step))
+        if optim_file.is_file():
+            optim = sending.hash(optim_file, f"step {step} optimizer")
+            if optimizer_sha == optim.sha256:
+                sending.skipped(optim)
+            else:
+                client.put_optimizer_state(
+                    run_id, step, sending.track(optim, f"step {step} optimizer")
+                )
+                sending.sent(optim)
+    return uploaded, skipped
+
+
+def _send_train_log(client: Client, info: RunInfo, log_file: Path, sending: _BytesSent) -> bool:
+    """Send ``train_log.jsonl`` unless the run holds the same bytes; whether it was sent."""
+    if not log_file.is_file():
+        return False
+    log = sending.hash(log_file, TRAIN_LOG)
+    if info.train_log_sha256 == log.sha256:
+        sending.skipped(log)
+        return False
+    client.put_train_log(info.id, sending.track(log, TRAIN_LOG))
+    sending.sent(log)
+    return True
+
+
+def _local_bytes(path: Path, checkpoints: list[tuple[int, Path]]) -> int:
+    """The bytes of every file the upload may send (the bar's total before skips)."""
+    files = [file for _, file in checkpoints]
+    files += [file.with_name(optimizer_filename(step)) for step, file in checkpoints]
+    files.append(path / TRAIN_LOG)
+    return sum(file.stat().st_size for file in files if file.is_file())
+
+
+class _BytesSent:
+    """Moves the bar (if any) by the bytes sent; a file the service already holds leaves its total."""
+
+    def __init__(self, bar: Bar | None) -> None:
+        self.bar = bar
+        self.done = 0
+
+    def hash(self, path: Path, what: str) -> FileBody:
+        if self.bar is not None:
+            self.bar.update_to(self.done, note=f"hashing {what}")
+        return FileBody.from_path(path)
+
+    def track(self, body: FileBody, what: str) -> FileBody:
+        """``body``, reporting to the bar while it is sent (from its start again on a retry)."""
+        bar, base = self.bar, self.done
+        if bar is None:
+            return body
+        return replace(body, on_sent=lambda sent: bar.update_to(base + sent, note=what))
+
+    def sent(self, body: FileBody) -> None:
+        self.done += body.size
+        if self.bar is not None:
+            self.bar.update_to(self.done)
+
+    def skipped(self, body: FileBody) -> None:
+        if self.bar is not None and self.bar.total is not None:
+            self.bar.update_to(self.done, total=max(self.done, self.bar.total - body.size))
 
 
 def _checkpoints(path: Path) -> list[tuple[int, Path]]:

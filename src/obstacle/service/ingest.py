@@ -3,7 +3,8 @@
 Each function is idempotent: the same bytes again change nothing (``created`` is False), other
 bytes where a file already is are a 409. Store keys carry the content's SHA-256, so a key never
 gets other bytes, and a row is committed only after its file is complete at its key: a rejected
-or interrupted upload leaves no row and no file a reader would use.
+or interrupted upload leaves no row and no file a reader would use. The spooled file is never
+changed again, so a local store on its filesystem takes it as a hardlink instead of a copy.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def ingest_probe(
         bundle = unpack_probe_bundle(upload.path, Path(work) / PROBE_DIR, max_bytes=max_bytes)
         prefix = probe_prefix(run_id, upload.sha256)
         for name in BUNDLE_MEMBERS:
-            store.put_file(bundle.directory / name, f"{prefix}/{name}")
+            store.put_file(bundle.directory / name, f"{prefix}/{name}", link=True)
     row = Probe(
         run_id=run_id,
         bundle_sha256=upload.sha256,
@@ -146,7 +147,7 @@ def ingest_checkpoint(
     if meta.train_loss is not None and not math.isfinite(meta.train_loss):
         nonfinite.append("train_loss")
     key = checkpoint_key(run_id, step, upload.sha256)
-    store.put_file(upload.path, key)
+    store.put_file(upload.path, key, link=True)
     row = Checkpoint(
         run_id=run_id,
         step=step,
@@ -224,7 +225,7 @@ def ingest_optimizer_state(
     )
     nonfinite = [f"optimizer/{t}" for t in nonfinite_tensors(upload.path, header)]
     key = optimizer_key(run_id, step, upload.sha256)
-    store.put_file(upload.path, key)
+    store.put_file(upload.path, key, link=True)
     with session_scope(sessions) as session:
         updated = session.execute(
             update(Checkpoint)

@@ -2,10 +2,14 @@
 
 Files are written under a temporary name and moved to their final key, so a reader never sees a
 partial file; keys are content-addressed where bytes can differ, so a final key never changes.
+A file that will never change again (an upload spooled to disk) can go into a local store on the
+same filesystem as a hardlink: its bytes are not copied at all.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -34,15 +38,21 @@ class ArtifactStore:
             raise ValueError(f"invalid artifact key {key!r}")
         return f"{self.root}/{key}"
 
-    def put_file(self, local_path: str | Path, key: str) -> None:
-        """Copy ``local_path`` to ``key``: written beside it, then moved into place."""
+    def put_file(self, local_path: str | Path, key: str, *, link: bool = False) -> None:
+        """Copy ``local_path`` to ``key``: written beside it, then moved into place.
+
+        ``link``: the caller never changes ``local_path`` again (it may delete it), so a local
+        store on the same filesystem takes it as a hardlink instead of a copy; elsewhere, or
+        where the filesystem refuses the link, the bytes are copied as without it.
+        """
         final = self._path(key)
         partial = f"{final}.partial-{uuid.uuid4().hex}"
         parent = final.rsplit("/", 1)[0]
         if self._local:
             self.fs.makedirs(parent, exist_ok=True)
         try:
-            self.fs.put_file(str(local_path), partial)
+            if not (link and self._local and _hardlink(Path(local_path), Path(partial))):
+                self.fs.put_file(str(local_path), partial)
             self.fs.mv(partial, final)
         except BaseException:
             if self.fs.exists(partial):
@@ -50,6 +60,7 @@ class ArtifactStore:
             raise
 
     def put_bytes(self, data: bytes, key: str) -> None:
+        """Write ``data`` (small: reports, plots) to ``key``, through a temporary name."""
         final = self._path(key)
         partial = f"{final}.partial-{uuid.uuid4().hex}"
         if self._local:
@@ -97,3 +108,21 @@ class ArtifactStore:
         start = len(self.root) + 1
         found = self.fs.find(base)
         return sorted(str(p)[start:] for p in found)
+
+
+# Errors that mean "this filesystem (or pair of them) cannot hardlink": copy instead.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def _hardlink(source: Path, target: Path) -> bool:
+    """Hardlink ``source`` at ``target``, readable as a copied file would be; False if impossible."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    # Spooled uploads are private (0600); a copy would get the usual 0644, and workers running
+    # as another user of the same volume must be able to read it.
+    os.chmod(target, 0o644)
+    return True

@@ -102,7 +102,7 @@ def ingest_train_log(
         return run, False
     entries = check_train_log(upload.path)
     key = train_log_key(run_id, upload.sha256)
-    store.put_file(upload.path, key)
+    store.put_file(upload.path, key, link=True)
     previous = run.train_log_sha256
     with session_scope(sessions) as session:
         # Only over the log this upload replaces: of two concurrent uploads, one wins.
