@@ -118,7 +118,7 @@ def test_bootstrap_resample_algebra_matches_recomputing_on_the_resample() -> Non
     counts = torch.zeros(20, 5, dtype=torch.float64).scatter_add_(
         1, index, torch.ones(20, 5, dtype=torch.float64)
     )
-    est = _estimates(counts, _centred_gram(grads), batch_size=3)
+    est = _estimates(counts, _centred_gram(grads @ grads.T), batch_size=3)
     for r in range(20):
         direct = noise_statistics(grads[index[r]], batch_size=3)
         if direct["trace"] == 0:  # a resample of one batch repeated

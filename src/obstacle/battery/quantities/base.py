@@ -11,6 +11,7 @@ the Hessian operator at θ — so that each is computed once per checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from obstacle.battery.checkpoint import Checkpoint
 from obstacle.battery.engine import Cost, HessianOperator, LossEngine
+from obstacle.battery.reduce import gram64
 
 Record = dict[str, Any]
 
@@ -37,6 +39,7 @@ class CheckpointContext:
     _grad: tuple[float, Tensor] | None = None
     _batch: tuple[Tensor, Tensor] | None = None
     _hessian: HessianOperator | None = None
+    _gram: tuple[Tensor, Tensor] | None = None
 
     @property
     def step(self) -> int:
@@ -55,11 +58,64 @@ class CheckpointContext:
                 self._grad = self.engine.loss_and_grad(self.theta)
         return self._grad
 
+    @property
+    def batch_chunk(self) -> int:
+        """How many per-batch gradients may be held at once (``options["batch_gradient_chunk"]``,
+        set by the memory plan; default all K)."""
+        k = self.engine.num_batches
+        return max(1, min(int(self.options.get("batch_gradient_chunk") or k), k))
+
     def batch_gradients(self) -> tuple[Tensor, Tensor]:
-        """(J_k, g_k) for every probe batch, computed once."""
+        """(J_k, g_k) for every probe batch, computed once: all K at once, so only when the
+        memory plan allows it (see :meth:`batch_gradient_chunks`)."""
         if self._batch is None:
             self._batch = self.engine.batch_grads(self.theta)
         return self._batch
+
+    def batch_gradient_chunks(self) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+        """(indices, J_k, g_k) over the probe batches in chunks of :attr:`batch_chunk`.
+
+        With room for all K the gradients are computed once and cached; otherwise each pass
+        computes them again, one chunk at a time (memory for a chunk, time for a pass).
+        """
+        k, chunk = self.engine.num_batches, self.batch_chunk
+        if chunk >= k:
+            losses, grads = self.batch_gradients()
+            yield list(range(k)), losses, grads
+            return
+        for start in range(0, k, chunk):
+            index = list(range(start, min(k, start + chunk)))
+            losses, grads = self.engine.batch_grads(self.theta, index)
+            yield index, losses, grads
+            del losses, grads
+
+    def batch_gram(self) -> tuple[Tensor, Tensor]:
+        """(J_k, G) with G_kl = g_kᵀg_l the K×K Gram matrix of the per-batch gradients, in
+        float64 on the CPU, computed once. In chunks it holds two chunks at a time and computes
+        the later chunks again for each earlier one."""
+        if self._gram is None:
+            k = self.engine.num_batches
+            if self.batch_chunk >= k:
+                losses, grads = self.batch_gradients()
+                self._gram = (losses.double().cpu(), gram64(grads, grads).cpu())
+            else:
+                gram = torch.zeros(k, k, dtype=torch.float64)
+                values = torch.zeros(k, dtype=torch.float64)
+                step = self.batch_chunk
+                chunks = [list(range(i, min(k, i + step))) for i in range(0, k, step)]
+                for i, rows in enumerate(chunks):
+                    losses, held = self.engine.batch_grads(self.theta, rows)
+                    values[rows] = losses.double().cpu()
+                    gram[rows[0] : rows[-1] + 1, rows[0] : rows[-1] + 1] = gram64(held, held).cpu()
+                    for cols in chunks[i + 1 :]:
+                        _, other = self.engine.batch_grads(self.theta, cols)
+                        block = gram64(held, other).cpu()
+                        gram[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = block
+                        gram[cols[0] : cols[-1] + 1, rows[0] : rows[-1] + 1] = block.T
+                        del other
+                    del held
+                self._gram = (values, gram)
+        return self._gram
 
     def hessian(self) -> HessianOperator:
         """H(θ)·v with the gradient graph kept, built once (it also yields the gradient)."""
@@ -73,6 +129,7 @@ class CheckpointContext:
         """Drop the cached graph (it holds activations) once the checkpoint is done."""
         self._hessian = None
         self._batch = None
+        self._gram = None
 
 
 class Quantity:

@@ -28,6 +28,7 @@ from torch import Tensor
 from obstacle.battery.engine import HessianOperator
 from obstacle.battery.optimizer_step import optimizer_model_for
 from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record
+from obstacle.battery.reduce import dot64
 
 __all__ = ["DirectionalCurvature"]
 
@@ -60,9 +61,12 @@ class DirectionalCurvature(Quantity):
     def compute(self, ctx: CheckpointContext) -> Record:
         hessian = ctx.hessian()
         _, g = ctx.gradient()
-        _, grads = ctx.batch_gradients()
         gg, ghg = _quadratic_forms(hessian, g)
-        per_batch = [_rayleigh(*_quadratic_forms(hessian, gk)) for gk in grads]
+        per_batch = [
+            _rayleigh(*_quadratic_forms(hessian, gk))
+            for _, _, grads in ctx.batch_gradient_chunks()
+            for gk in grads
+        ]
         record: Record = {
             "grad_norm": math.sqrt(gg),
             "along_gradient": _rayleigh(gg, ghg),
@@ -82,7 +86,7 @@ class DirectionalCurvature(Quantity):
 
 def _quadratic_forms(hessian: HessianOperator, v: Tensor) -> tuple[float, float]:
     """(vᵀv, vᵀHv)."""
-    return float(v @ v), float(v @ hessian(v))
+    return dot64(v, v), dot64(v, hessian(v))
 
 
 def _rayleigh(vv: float, vhv: float) -> float:

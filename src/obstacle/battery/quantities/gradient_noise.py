@@ -17,8 +17,10 @@ With g_k the gradient of batch k's loss (batch size B) and ḡ their mean (= ∇
   (with replacement; ``bootstrap_seed``, ``bootstrap_confidence``), each resample going through the
   same estimator as the point estimate. With K of 4–16 these intervals are rough.
 
-Resamples are evaluated on the K×K Gram matrix of the centred gradients, so the bootstrap costs
-O(R·K²) after one O(K²·P) product, and its tr(Σ) does not cancel against ‖ḡ‖².
+Everything is computed from the K×K Gram matrix g_kᵀg_l (float64 reductions), so the
+bootstrap costs O(R·K²) after one O(K²·P) product, its tr(Σ) does not cancel against ‖ḡ‖², and
+the gradients need not be held together: under a memory plan the Gram matrix is built chunk by
+chunk (:meth:`CheckpointContext.batch_gram`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,15 @@ from torch import Tensor
 
 from obstacle._validation import check_float, check_int
 from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record
+from obstacle.battery.reduce import gram64
 
-__all__ = ["GradientNoise", "bootstrap_noise", "noise_statistics"]
+__all__ = [
+    "GradientNoise",
+    "bootstrap_noise",
+    "bootstrap_noise_from_gram",
+    "noise_statistics",
+    "noise_statistics_from_gram",
+]
 
 _NOISE_KEYS = (
     "mean_gradient_norm",
@@ -62,13 +71,13 @@ class GradientNoise(Quantity):
     name = "noise"
 
     def compute(self, ctx: CheckpointContext) -> Record:
-        _, grads = ctx.batch_gradients()
-        k = grads.shape[0]
+        _, gram = ctx.batch_gram()
+        k = gram.shape[0]
         batch_size = ctx.engine.probe.manifest.batch_size
         record: Record = {
             "num_batches": k,
             "batch_size": batch_size,
-            "batch_gradient_norms": [float(v) for v in grads.norm(dim=1)],
+            "batch_gradient_norms": [math.sqrt(max(float(v), 0.0)) for v in gram.diagonal()],
         }
         if k < 2:
             record.update(dict.fromkeys(_NOISE_KEYS))
@@ -85,10 +94,10 @@ class GradientNoise(Quantity):
             high=1.0,
             closed="neither",
         )
-        record.update(noise_statistics(grads, batch_size))
+        record.update(noise_statistics_from_gram(gram, batch_size))
         record["bootstrap"] = (
-            bootstrap_noise(
-                grads, batch_size, resamples=resamples, seed=seed, confidence=confidence
+            bootstrap_noise_from_gram(
+                gram, batch_size, resamples=resamples, seed=seed, confidence=confidence
             )
             if resamples > 0
             else None
@@ -99,7 +108,12 @@ class GradientNoise(Quantity):
 
 def noise_statistics(grads: Tensor, batch_size: int) -> dict[str, Any]:
     """Point estimates from the (K, P) per-batch gradients, K ≥ 2 (see the module docstring)."""
-    parts = _centred_gram(grads)
+    return noise_statistics_from_gram(gram64(grads, grads), batch_size)
+
+
+def noise_statistics_from_gram(gram: Tensor, batch_size: int) -> dict[str, Any]:
+    """Point estimates from the K×K Gram matrix g_kᵀg_l of the per-batch gradients, K ≥ 2."""
+    parts = _centred_gram(gram)
     ones = torch.ones(1, parts[0], dtype=torch.float64)
     est = _estimates(ones, parts, batch_size)
     g2 = float(est["g2_raw"][0])
@@ -115,7 +129,7 @@ def noise_statistics(grads: Tensor, batch_size: int) -> dict[str, Any]:
         "noise_scale_raw": float(est["noise_scale_raw"][0]),
         "snr": float(est["snr"][0]),
         "snr_raw": float(est["snr_raw"][0]),
-        "mean_pairwise_cosine": _mean_pairwise_cosine(grads),
+        "mean_pairwise_cosine": _mean_pairwise_cosine(gram),
     }
 
 
@@ -123,7 +137,16 @@ def bootstrap_noise(
     grads: Tensor, batch_size: int, *, resamples: int, seed: int, confidence: float
 ) -> dict[str, Any]:
     """Percentile intervals of the noise scale and SNR over resamples of the K batches."""
-    parts = _centred_gram(grads)
+    return bootstrap_noise_from_gram(
+        gram64(grads, grads), batch_size, resamples=resamples, seed=seed, confidence=confidence
+    )
+
+
+def bootstrap_noise_from_gram(
+    gram: Tensor, batch_size: int, *, resamples: int, seed: int, confidence: float
+) -> dict[str, Any]:
+    """:func:`bootstrap_noise` from the K×K Gram matrix of the per-batch gradients."""
+    parts = _centred_gram(gram)
     k = parts[0]
     gen = torch.Generator().manual_seed(seed)
     index = torch.randint(0, k, (resamples, k), generator=gen)
@@ -145,16 +168,17 @@ def bootstrap_noise(
 _Parts = tuple[int, Tensor, Tensor, Tensor]
 
 
-def _centred_gram(grads: Tensor) -> _Parts:
-    """(K, ‖ḡ‖², h = D·ḡ, M = D·Dᵀ) with D the centred gradients, in float64 on the CPU.
+def _centred_gram(gram: Tensor) -> _Parts:
+    """(K, ‖ḡ‖², h = D·ḡ, M = D·Dᵀ) with D the centred gradients, from the raw Gram matrix G.
 
-    The products run where the gradients live (the GPU, say); the K-sized results move to the
-    CPU, where the bootstrap's counts are.
+    With m = G·1/K (m_k = g_kᵀḡ): ‖ḡ‖² = 1ᵀm/K, h = m − ‖ḡ‖² and M = G − m1ᵀ − 1mᵀ + ‖ḡ‖², all
+    K-sized and in float64 on the CPU, where the bootstrap's counts are.
     """
-    g = grads.detach().to(torch.float64)
-    mean = g.mean(dim=0)
-    centred = g - mean
-    return g.shape[0], (mean @ mean).cpu(), (centred @ mean).cpu(), (centred @ centred.T).cpu()
+    g = gram.detach().to(torch.float64).cpu()
+    k = g.shape[0]
+    m = g.sum(dim=1) / k
+    g2 = m.sum() / k
+    return k, g2, m - g2, g - m[:, None] - m[None, :] + g2
 
 
 def _estimates(counts: Tensor, parts: _Parts, batch_size: int) -> dict[str, Tensor]:
@@ -194,9 +218,9 @@ def _percentile_interval(values: Tensor, confidence: float) -> list[float]:
     return [float(ordered[lo]), float(ordered[hi])]
 
 
-def _mean_pairwise_cosine(grads: Tensor) -> float:
-    g = grads.detach().to(torch.float64)
-    unit = g / g.norm(dim=1, keepdim=True)
-    cos = unit @ unit.T
+def _mean_pairwise_cosine(gram: Tensor) -> float:
+    g = gram.detach().to(torch.float64).cpu()
+    norms = g.diagonal().clamp_min(0).sqrt()
+    cos = g / (norms[:, None] * norms[None, :])
     upper = torch.triu_indices(g.shape[0], g.shape[0], offset=1)
     return float(cos[upper[0], upper[1]].mean())

@@ -60,10 +60,12 @@ class SimulatedSteps(Quantity):
         rtol = check_float("uphill_rtol", ctx.options.get("uphill_rtol", default_rtol), low=0.0)
         loss = engine.loss(theta)
         tolerance = rtol * abs(loss)
-        _, grads = ctx.batch_gradients()
         _, g = ctx.gradient()
-        steps = model.step(grads, theta)
-        changes = [engine.loss(theta + steps[k]) - loss for k in range(steps.shape[0])]
+        changes = []
+        for _, _, grads in ctx.batch_gradient_chunks():
+            steps = model.step(grads, theta)
+            changes += [engine.loss(theta + steps[k]) - loss for k in range(steps.shape[0])]
+            del steps
         full = engine.loss(theta + model.step(g, theta)) - loss
         uphill = [_uphill(c, tolerance) for c in changes]
         fraction = (
