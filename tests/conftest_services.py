@@ -291,6 +291,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         OBSTACLE_BROKER_URL=settings.require_broker_url(),
         OBSTACLE_ARTIFACT_URL=settings.resolved_artifact_url,
         OBSTACLE_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
+        OBSTACLE_CHECKPOINTS_PER_TASK=str(settings.checkpoints_per_task),
         OBSTACLE_CHECKPOINT_TIME_LIMIT_S=str(settings.checkpoint_time_limit_s),
         OBSTACLE_FINALIZE_TIME_LIMIT_S=str(settings.finalize_time_limit_s),
         OBSTACLE_DEVICE="cpu",

@@ -53,8 +53,8 @@ def test_a_bad_configuration_names_the_variable(monkeypatch: pytest.MonkeyPatch)
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
         assert (
-            "OBSTACLE_CHECKPOINT_TIME_LIMIT_S=60 must be below OBSTACLE_VISIBILITY_TIMEOUT_S=30"
-            in result.output
+            "OBSTACLE_CHECKPOINT_TIME_LIMIT_S=60 × OBSTACLE_CHECKPOINTS_PER_TASK=20 = 1200 s (a "
+            "task's limit) must be below OBSTACLE_VISIBILITY_TIMEOUT_S=30" in result.output
         )
     monkeypatch.delenv("OBSTACLE_VISIBILITY_TIMEOUT_S")
     monkeypatch.delenv("OBSTACLE_CHECKPOINT_TIME_LIMIT_S")

@@ -27,6 +27,15 @@ def test_every_obstacle_variable_they_set_is_a_setting() -> None:
         assert used <= KNOWN, f"{name} sets unknown variables {sorted(used - KNOWN)}"
 
 
+def test_the_compose_defaults_are_valid_settings() -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    defaults = dict(re.findall(r"\bOBSTACLE_([A-Z0-9_]+): \$\{OBSTACLE_\1:-([^}]*)\}", compose))
+    assert "VISIBILITY_TIMEOUT_S" in defaults
+    values = {name.lower(): value for name, value in defaults.items()}
+    Settings(**values)
+    WorkerSettings(**values)
+
+
 def test_their_commands_exist() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     commands = re.findall(r'^CMD \["obstacle", (.*)\]$', dockerfile, flags=re.MULTILINE)

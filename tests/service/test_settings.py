@@ -37,7 +37,15 @@ def test_read_from_obstacle_variables(monkeypatch: pytest.MonkeyPatch) -> None:
             "OBSTACLE_CHECKPOINT_TIME_LIMIT_S",
         ),
         (
-            {"visibility_timeout_s": 600, "finalize_time_limit_s": 900},
+            {
+                "visibility_timeout_s": 600,
+                "checkpoint_time_limit_s": 60,
+                "checkpoints_per_task": 10,
+            },
+            "OBSTACLE_CHECKPOINTS_PER_TASK=10 = 600 s",
+        ),
+        (
+            {"visibility_timeout_s": 600, "checkpoints_per_task": 2, "finalize_time_limit_s": 900},
             "OBSTACLE_FINALIZE_TIME_LIMIT_S",
         ),
         ({"environment": "production", "broker_url": "redis://r"}, "OBSTACLE_DATABASE_URL"),
@@ -62,6 +70,7 @@ def test_read_from_obstacle_variables(monkeypatch: pytest.MonkeyPatch) -> None:
             "OBSTACLE_BROKER_URL",
         ),
         ({"max_checkpoint_bytes": 0}, "max_checkpoint_bytes"),
+        ({"checkpoints_per_task": 0}, "checkpoints_per_task"),
         ({"analysis_stall_timeout_s": 100}, "OBSTACLE_ANALYSIS_STALL_TIMEOUT_S"),
     ],
 )

@@ -9,17 +9,19 @@ import sys
 CODE = """
 import json, os
 os.environ.update(OBSTACLE_BROKER_URL="redis://127.0.0.1:1/0", OBSTACLE_VISIBILITY_TIMEOUT_S="120",
-                  OBSTACLE_CHECKPOINT_TIME_LIMIT_S="100", OBSTACLE_FINALIZE_TIME_LIMIT_S="110")
+                  OBSTACLE_CHECKPOINT_TIME_LIMIT_S="25", OBSTACLE_CHECKPOINTS_PER_TASK="4",
+                  OBSTACLE_FINALIZE_TIME_LIMIT_S="110")
 from obstacle.workers.app import app
 import obstacle.workers.tasks as tasks
 conf = app.conf
 out = {"transport": conf.broker_transport_options, "prefetch": conf.worker_prefetch_multiplier,
        "ignore_result": conf.task_ignore_result, "serializer": conf.task_serializer,
        "accept": list(conf.accept_content), "tasks": {}}
-for name in ("obstacle.analyze_checkpoint", "obstacle.finalize_analysis"):
+for name in ("obstacle.analyze_checkpoints", "obstacle.finalize_analysis"):
     task = app.tasks[name]
     out["tasks"][name] = {"acks_late": task.acks_late, "reject": task.reject_on_worker_lost,
                           "time_limit": task.time_limit, "soft": task.soft_time_limit}
+out["names"] = sorted(n for n in app.tasks if n.startswith("obstacle."))
 print(json.dumps(out))
 """
 
@@ -34,7 +36,9 @@ def test_tasks_are_acknowledged_late_bounded_and_come_back_fast() -> None:
     assert conf["transport"]["unacked_restore_interval"] <= 10
     assert conf["prefetch"] == 1 and conf["ignore_result"] is True
     assert conf["serializer"] == "json" and conf["accept"] == ["json"]
-    checkpoint = conf["tasks"]["obstacle.analyze_checkpoint"]
-    assert checkpoint == {"acks_late": True, "reject": True, "time_limit": 100, "soft": 90}
+    # A group of up to 4 checkpoints gets 4 × 25 s.
+    group = conf["tasks"]["obstacle.analyze_checkpoints"]
+    assert group == {"acks_late": True, "reject": True, "time_limit": 100, "soft": 90}
     finalize = conf["tasks"]["obstacle.finalize_analysis"]
     assert finalize == {"acks_late": True, "reject": True, "time_limit": 110, "soft": 99}
+    assert conf["names"] == ["obstacle.analyze_checkpoints", "obstacle.finalize_analysis"]

@@ -1,6 +1,7 @@
-"""The tasks' bookkeeping, in-process on both databases: each checkpoint counted once, the
-run-level task queued once, a checkpoint that keeps killing workers given up, a dead analysis
-failed with its reason. (The battery itself runs in tests/workers/test_end_to_end.py.)"""
+"""The tasks' bookkeeping, in-process on both databases: each checkpoint counted once, a group
+delivered again finishing each step once, the run-level task queued once, a checkpoint that keeps
+killing workers given up while its group goes on, a dead analysis failed with its reason. (Whole
+analyses through worker processes run in tests/workers/test_end_to_end.py and test_warm_start.py.)"""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from conftest_services import Tenant, make_settings, upload_run
 from obstacle.service.app import create_app
 from obstacle.service.db import create_db_engine, session_factory
-from obstacle.service.models import Analysis, CheckpointResult
+from obstacle.service.models import Analysis, Checkpoint, CheckpointResult
 from obstacle.service.settings import Settings
 from obstacle.service.store import ArtifactStore
 from obstacle.workers import jobs
@@ -85,10 +86,9 @@ def test_a_checkpoint_is_written_once_and_the_run_level_task_queued_once(
     progress = client.get(f"/v1/analyses/{analysis_id}", headers=tenant.headers).json()
     assert progress["state"] == "running" and progress["progress"]["done"] == 1
 
-    for step in (10, 15):
-        jobs.record_checkpoint_error(ctx, analysis_id, step, f"step {step}: broken")
+    jobs.record_checkpoint_errors(ctx, analysis_id, [10, 15], "broken")
     assert sent == [analysis_id]  # the last checkpoint queued the run-level task, once
-    jobs.record_checkpoint_error(ctx, analysis_id, 15, "again")
+    jobs.record_checkpoint_errors(ctx, analysis_id, [15], "again")
     jobs._maybe_finalize(ctx, analysis_id)
     assert sent == [analysis_id]
     jobs._maybe_finalize(ctx, analysis_id, resend=True)  # a redelivered task re-sends it
@@ -96,22 +96,72 @@ def test_a_checkpoint_is_written_once_and_the_run_level_task_queued_once(
     body = client.get(f"/v1/analyses/{analysis_id}", headers=tenant.headers).json()
     assert body["state"] == "finalizing"
     assert body["progress"] == {"done": 3, "total": 3, "running": 0, "failed": 2}
-    assert [e["step"] for e in body["errors"]] == [10, 15]
+    assert [e["message"] for e in body["errors"]] == ["step 10: broken", "step 15: broken"]
 
 
-def test_a_checkpoint_that_keeps_killing_its_worker_is_given_up(
+def test_a_redelivered_group_finishes_each_step_once(
+    queued: tuple[TestClient, uuid.UUID], context: tuple[jobs.Context, Finalizations]
+) -> None:
+    _, analysis_id = queued
+    ctx, sent = context
+    # The first delivery finished step 5, then its worker died while on step 10.
+    jobs._claim(ctx, analysis_id, 5)
+    jobs._finish(ctx, analysis_id, 5, record={"step": 5, "delivery": 1}, error=None)
+    jobs._claim(ctx, analysis_id, 10)
+
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])  # delivered again
+    after = rows(ctx, analysis_id)
+    assert {s: r.state for s, r in after.items()} == {5: "done", 10: "done", 15: "done"}
+    assert after[5].record == {"step": 5, "delivery": 1}  # not analysed again
+    assert {s: r.attempts for s, r in after.items()} == {5: 1, 10: 2, 15: 1}
+    for step in (10, 15):
+        record = after[step].record or {}
+        assert record["step"] == step and record["details"]["lanczos"]["matvecs"] > 0
+    assert sent == [analysis_id]
+
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])  # and again, once all had finished
+    again = rows(ctx, analysis_id)
+    assert {s: (r.attempts, r.finished_at, r.record) for s, r in again.items()} == {
+        s: (r.attempts, r.finished_at, r.record) for s, r in after.items()
+    }
+    assert sent == [analysis_id, analysis_id]  # it re-sends the run-level task, which is idempotent
+
+
+def test_a_checkpoint_that_keeps_killing_its_worker_is_given_up_and_its_group_goes_on(
     queued: tuple[TestClient, uuid.UUID],
     context: tuple[jobs.Context, Finalizations],
     tenant: Tenant,
 ) -> None:
     _, analysis_id = queued
-    ctx, _ = context
-    for _ in range(ctx.max_attempts):  # each delivery's worker died before it finished
+    ctx, sent = context
+    for _ in range(ctx.max_attempts):  # each delivery's worker died on this checkpoint
         jobs._claim(ctx, analysis_id, 10)
-    jobs.analyze_checkpoint(ctx, analysis_id, 10)
-    row = rows(ctx, analysis_id)[10]
-    assert row.state == "error" and row.attempts == 3
-    assert "lost 2 times" in (row.error or "")
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])
+    found = rows(ctx, analysis_id)
+    assert found[10].state == "error" and found[10].attempts == 3
+    assert "lost 2 times" in (found[10].error or "")
+    assert found[5].state == found[15].state == "done"
+    assert sent == [analysis_id]
+
+
+def test_a_group_records_a_failing_step_and_goes_on(
+    queued: tuple[TestClient, uuid.UUID], context: tuple[jobs.Context, Finalizations]
+) -> None:
+    _, analysis_id = queued
+    ctx, sent = context
+    with ctx.sessions() as session:  # step 10's checkpoint is gone: the battery cannot load it
+        run_id = session.get(Analysis, analysis_id).run_id  # type: ignore[union-attr]
+        session.execute(
+            delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == 10)
+        )
+        session.commit()
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])
+    found = rows(ctx, analysis_id)
+    assert {s: r.state for s, r in found.items()} == {5: "done", 10: "error", 15: "done"}
+    assert (found[10].error or "").startswith("step 10: ") and "no checkpoint" in (
+        found[10].error or ""
+    )
+    assert sent == [analysis_id]
 
 
 def test_a_retried_attempt_is_not_counted_as_lost(
@@ -120,7 +170,7 @@ def test_a_retried_attempt_is_not_counted_as_lost(
     _, analysis_id = queued
     ctx, _ = context
     jobs._claim(ctx, analysis_id, 10)
-    jobs.release_claim(ctx, analysis_id, 10)
+    jobs.release_claims(ctx, analysis_id, [5, 10, 15])
     assert jobs._claim(ctx, analysis_id, 10) == 1
 
 
@@ -131,15 +181,14 @@ def test_an_analysis_whose_checkpoints_all_failed_is_failed_with_the_reasons(
 ) -> None:
     client, analysis_id = queued
     ctx, sent = context
-    for step in (5, 10, 15):
-        jobs.record_checkpoint_error(ctx, analysis_id, step, f"step {step}: out of memory")
+    jobs.record_checkpoint_errors(ctx, analysis_id, [5, 10, 15], "out of memory")
     jobs.finalize_analysis(ctx, sent[0])
     body = client.get(f"/v1/analyses/{analysis_id}", headers=tenant.headers).json()
     assert body["state"] == "failed" and body["finished_at"]
     assert "no checkpoint could be analysed" in body["errors"][-1]["message"]
     assert "step 15: out of memory" in body["errors"][-1]["message"]
     jobs.finalize_analysis(ctx, analysis_id)  # again: a finished analysis is left alone
-    jobs.analyze_checkpoint(ctx, analysis_id, 5)
+    jobs.analyze_checkpoints(ctx, analysis_id, [5])
     assert (
         client.get(f"/v1/analyses/{analysis_id}", headers=tenant.headers).json()["state"]
         == "failed"
@@ -156,6 +205,7 @@ def test_tasks_of_a_deleted_run_do_nothing(
     with ctx.sessions() as session:
         run_id = session.get(Analysis, analysis_id).run_id  # type: ignore[union-attr]
     assert client.delete(f"/v1/runs/{run_id}", headers=tenant.headers).status_code == 200
-    jobs.analyze_checkpoint(ctx, analysis_id, 5)
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])
+    jobs.record_checkpoint_errors(ctx, analysis_id, [5], "late")
     jobs.finalize_analysis(ctx, analysis_id)
     assert rows(ctx, analysis_id) == {} and sent == []

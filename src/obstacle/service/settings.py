@@ -10,7 +10,10 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
     OBSTACLE_BROKER_URL             redis://host:port/db; unset: `obstacle serve` starts its own Redis
     OBSTACLE_ARTIFACT_URL           any fsspec URL (s3://bucket/prefix, file:///srv/x); default DATA_DIR/artifacts
     OBSTACLE_VISIBILITY_TIMEOUT_S   seconds before Redis hands an unacknowledged task to another worker
-    OBSTACLE_CHECKPOINT_TIME_LIMIT_S, OBSTACLE_FINALIZE_TIME_LIMIT_S   hard limits of the two tasks
+    OBSTACLE_CHECKPOINTS_PER_TASK   checkpoints one task analyses in order, Lanczos warm-started
+                                    along them (default 20: a typical analysis is one task)
+    OBSTACLE_CHECKPOINT_TIME_LIMIT_S   time per checkpoint: a task's hard limit is this × its group
+    OBSTACLE_FINALIZE_TIME_LIMIT_S  hard limit of the run-level task
     OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis without progress this long is marked failed
     OBSTACLE_MAX_CHECKPOINT_BYTES, OBSTACLE_MAX_PROBE_BYTES           upload size limits
     OBSTACLE_MAX_TRAIN_LOG_BYTES    size limit of a run's train_log.jsonl (default 64 MiB)
@@ -46,27 +49,45 @@ class CommonSettings(BaseSettings):
     broker_url: str | None = None
     artifact_url: str | None = None
 
-    # A task whose worker died comes back after the visibility timeout, so keep it to minutes; a
-    # task must finish well inside it or Redis hands it to a second worker while the first runs.
-    visibility_timeout_s: int = Field(default=300, ge=1)
+    # A task must finish inside the visibility timeout or Redis hands it to a second worker while
+    # the first runs, so the timeout exceeds the longest task (a group of checkpoints). A task whose
+    # worker died comes back only after it: smaller groups allow a shorter timeout.
+    visibility_timeout_s: int = Field(default=5400, ge=1)
+    checkpoints_per_task: int = Field(default=20, ge=1)
     checkpoint_time_limit_s: int = Field(default=240, ge=1)
     finalize_time_limit_s: int = Field(default=240, ge=1)
-    analysis_stall_timeout_s: int = Field(default=3600, ge=1)
+    analysis_stall_timeout_s: int = Field(default=7200, ge=1)
+
+    @property
+    def group_time_limit_s(self) -> int:
+        """The hard time limit of a task that analyses a group of checkpoints."""
+        return self.checkpoint_time_limit_s * self.checkpoints_per_task
 
     @model_validator(mode="after")
     def _check_safe(self) -> Self:
-        for name in ("checkpoint_time_limit_s", "finalize_time_limit_s"):
-            if getattr(self, name) >= self.analysis_stall_timeout_s:
+        group = (
+            f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S={self.checkpoint_time_limit_s}"
+            if self.checkpoints_per_task == 1
+            else f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S={self.checkpoint_time_limit_s} × "
+            f"OBSTACLE_CHECKPOINTS_PER_TASK={self.checkpoints_per_task} "
+            f"= {self.group_time_limit_s} s (a task's limit)"
+        )
+        limits = {
+            group: self.group_time_limit_s,
+            f"OBSTACLE_FINALIZE_TIME_LIMIT_S={self.finalize_time_limit_s}": self.finalize_time_limit_s,
+        }
+        for name, limit in limits.items():
+            if limit >= self.analysis_stall_timeout_s:
                 raise ValueError(
                     f"OBSTACLE_ANALYSIS_STALL_TIMEOUT_S={self.analysis_stall_timeout_s} must exceed "
-                    f"OBSTACLE_{name.upper()}={getattr(self, name)}: an analysis would be failed while "
-                    "a task of it is still within its time limit."
+                    f"{name}: an analysis would be failed while a task of it is still within its "
+                    "time limit."
                 )
-            if getattr(self, name) >= self.visibility_timeout_s:
+            if limit >= self.visibility_timeout_s:
                 raise ValueError(
-                    f"OBSTACLE_{name.upper()}={getattr(self, name)} must be below "
-                    f"OBSTACLE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s}: otherwise Redis hands a "
-                    "task that is still running to a second worker. Lower the limit or raise the timeout."
+                    f"{name} must be below OBSTACLE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s}: "
+                    "otherwise Redis hands a task that is still running to a second worker. Lower the "
+                    "limit or the checkpoints per task, or raise the timeout."
                 )
         if self.environment == "production":
             if self.database_url is None or self.database_url.startswith("sqlite"):

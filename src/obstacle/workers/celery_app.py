@@ -1,12 +1,14 @@
-"""The Celery application: Redis broker, late acknowledgement, short visibility timeout.
+"""The Celery application: Redis broker, late acknowledgement, every task bounded in time.
 
 Importable without torch (the service uses it to send tasks by name). Results live in the
 database, so there is no result backend.
 
 With Redis, a task whose worker died (SIGKILL, lost host) is handed out again only once the
-broker's visibility timeout has passed, so that timeout is minutes here (``OBSTACLE_VISIBILITY_
-TIMEOUT_S``), the tasks are bounded well inside it, and the sweep that puts such tasks back runs
-every few seconds rather than kombu's default of every ~100 s.
+broker's visibility timeout (``OBSTACLE_VISIBILITY_TIMEOUT_S``) has passed, and a task still running
+then would be handed to a second worker. So each task's time limit is below that timeout (a group of
+checkpoints: ``OBSTACLE_CHECKPOINT_TIME_LIMIT_S`` × ``OBSTACLE_CHECKPOINTS_PER_TASK``; checked at
+start-up), and the sweep that puts abandoned tasks back runs every few seconds rather than kombu's
+default of every ~100 s.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from celery import Celery
 
 from obstacle.service.settings import CommonSettings
 
-__all__ = ["ANALYZE_CHECKPOINT", "FINALIZE_ANALYSIS", "QUEUE", "create_celery", "transport_options"]
+__all__ = [
+    "ANALYZE_CHECKPOINTS",
+    "FINALIZE_ANALYSIS",
+    "QUEUE",
+    "create_celery",
+    "transport_options",
+]
 
-ANALYZE_CHECKPOINT = "obstacle.analyze_checkpoint"
+ANALYZE_CHECKPOINTS = "obstacle.analyze_checkpoints"
 FINALIZE_ANALYSIS = "obstacle.finalize_analysis"
 QUEUE = "obstacle"
 

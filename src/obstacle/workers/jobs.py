@@ -1,14 +1,22 @@
 """What the two tasks do, in short database transactions around the battery calls.
 
-    analyze_checkpoint(analysis, step)     claim the (analysis, step) row → battery → done | error
-        └─ the last one to finish moves the analysis to ``finalizing`` and queues
+    analyze_checkpoints(analysis, steps)   for each step in order: claim the (analysis, step) row →
+        │                                  battery → done | error; one SequenceAnalyzer spans the
+        │                                  group, so Lanczos starts warm from the previous step
+        └─ the last group to finish moves the analysis to ``finalizing`` and queues
     finalize_analysis(analysis)            summarize_run → verdict + report → ``succeeded``
 
+The service cuts an analysis's checkpoints into ordered groups, one task each, of at most
+``OBSTACLE_CHECKPOINTS_PER_TASK`` (a typical analysis is one group). Groups of one analysis may run
+at once on different workers, each warm-started within itself; a step that fails is recorded and
+its group goes on with the next.
+
 Idempotent: a (analysis, step) row goes ``running`` → ``done``/``error`` once (a conditional
-UPDATE), so a task delivered twice (a worker died, a visibility timeout passed) counts once.
-Progress is the number of finished rows, read from the database, so no counter can drift. A
-task delivered again after its worker died counts an attempt; a checkpoint that killed its worker
-``max_task_attempts`` times is recorded as an error instead of killing workers forever.
+UPDATE), so a group delivered twice (a worker died, a visibility timeout passed) skips the steps
+already finished and goes on with the rest. Progress is the number of finished rows, read from the
+database, so no counter can drift. Claiming a step again after its worker died counts an attempt; a
+checkpoint that killed its worker ``max_task_attempts`` times is recorded as an error instead of
+killing workers forever.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +52,11 @@ from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories,
 
 __all__ = [
     "Context",
-    "analyze_checkpoint",
+    "analyze_checkpoints",
     "fail_analysis",
     "finalize_analysis",
-    "record_checkpoint_error",
-    "release_claim",
+    "record_checkpoint_errors",
+    "release_claims",
 ]
 
 logger = logging.getLogger("obstacle.workers")
@@ -81,9 +90,11 @@ class _Job:
     train_log: TrainLogFile | None
 
 
-def _load_job(ctx: Context, analysis_id: uuid.UUID, *, step: int | None = None) -> _Job | None:
-    """The analysis, or None if it is gone or finished; with ``step``, only the checkpoints that
-    step's task needs (itself and the first, θ₀), not all of them."""
+def _load_job(
+    ctx: Context, analysis_id: uuid.UUID, *, steps: list[int] | None = None
+) -> _Job | None:
+    """The analysis, or None if it is gone or finished; with ``steps``, only the checkpoints that
+    group's task needs (its own and the first, θ₀), not all of them."""
     with session_scope(ctx.sessions) as session:
         analysis = session.get(Analysis, analysis_id)
         if analysis is None or analysis.state in AnalysisState.TERMINAL:
@@ -92,7 +103,7 @@ def _load_job(ctx: Context, analysis_id: uuid.UUID, *, step: int | None = None) 
         run = session.get(Run, analysis.run_id)
         if probe is None or run is None:  # the run was deleted with its probe
             return None
-        wanted = analysis.steps if step is None else [min(analysis.steps), step]
+        wanted = analysis.steps if steps is None else [min(analysis.steps), *steps]
         rows = session.scalars(
             select(Checkpoint).where(
                 Checkpoint.run_id == analysis.run_id, Checkpoint.step.in_(wanted)
@@ -182,44 +193,69 @@ def _finish(
         return bool(getattr(result, "rowcount", 0))
 
 
-def analyze_checkpoint(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
-    """One checkpoint's share of an analysis; safe to run more than once."""
-    job = _load_job(ctx, analysis_id, step=step)
+def analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) -> None:
+    """An ordered group of an analysis's checkpoints, warm-started along it; safe to run again."""
+    job = _load_job(ctx, analysis_id, steps=steps)
     if job is None:
         return
-    attempts = _claim(ctx, analysis_id, step)
-    if attempts is None:
-        # Delivered again after it finished (its worker died before acknowledging): make sure the
-        # run-level task was queued, which that worker may not have done.
-        _maybe_finalize(ctx, analysis_id, resend=True)
-        return
-    if attempts > ctx.max_attempts:
-        lost = (
-            f"step {step}: its worker was lost {attempts - 1} times (killed, or out of memory) while "
-            "analysing this checkpoint; it was given up. Try a cheaper preset or a bigger worker."
-        )
-        _finish(ctx, analysis_id, step, record=None, error=lost)
-        _maybe_finalize(ctx, analysis_id)
-        return
-    needed = [job.checkpoints[s] for s in sorted({job.steps[0], step}) if s in job.checkpoints]
-    run_dir = ctx.run_dirs.prepare(job.probe, needed)
-    record, error = _run_battery(
-        ctx,
-        lambda: _battery().analyze_checkpoint(run_dir, step, preset=job.preset, device=ctx.device),
-        what=f"step {step}",
-    )
-    _finish(ctx, analysis_id, step, record=record, error=error)
-    _maybe_finalize(ctx, analysis_id)
+    group = sorted(set(steps) & set(job.steps))
+    run_dir: Path | None = None
+    sequence: list[Any] = []  # the group's SequenceAnalyzer, made for the first step that runs
+
+    def record(directory: Path, step: int) -> Any:
+        if not sequence:
+            battery = _battery()
+            sequence.append(
+                battery.SequenceAnalyzer(directory, preset=job.preset, device=ctx.device)
+            )
+        return sequence[0].record(step)
+
+    redelivered = False
+    for index, step in enumerate(group):
+        attempts = _claim(ctx, analysis_id, step)
+        if attempts is None:  # finished by an earlier delivery of this group
+            redelivered = True
+            continue
+        if attempts > ctx.max_attempts:
+            lost = (
+                f"step {step}: its worker was lost {attempts - 1} times (killed, or out of memory) "
+                "while analysing this checkpoint; it was given up. Try a cheaper preset or a bigger "
+                "worker."
+            )
+            _finish(ctx, analysis_id, step, record=None, error=lost)
+            continue
+        if run_dir is None:
+            needed = sorted({job.steps[0], *group})
+            run_dir = ctx.run_dirs.prepare(
+                job.probe, [job.checkpoints[s] for s in needed if s in job.checkpoints]
+            )
+        try:
+            result, error = _run_battery(ctx, partial(record, run_dir, step), what=f"step {step}")
+        except ctx.timeouts:
+            # The hard limit follows shortly: record why this step and the rest were not analysed.
+            reason = (
+                f"its task ran over its time limit ({len(group)} checkpoints × "
+                f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S) on step {step}; use a cheaper preset or raise "
+                "the limit"
+            )
+            _finish(ctx, analysis_id, step, record=None, error=f"step {step}: {reason}")
+            record_checkpoint_errors(ctx, analysis_id, group[index + 1 :], reason)
+            return
+        _finish(ctx, analysis_id, step, record=result, error=error)
+    # A redelivered group whose steps had finished: its worker may have died before queueing the
+    # run-level task, so queue it again if every step is done.
+    _maybe_finalize(ctx, analysis_id, resend=redelivered)
 
 
-def release_claim(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
-    """Un-count the attempt of a task that is retried after a transient failure (not a lost worker)."""
+def release_claims(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) -> None:
+    """Un-count the attempt at the running step of a group that is retried after a transient failure
+    (not a lost worker)."""
     with session_scope(ctx.sessions) as session:
         session.execute(
             update(CheckpointResult)
             .where(
                 CheckpointResult.analysis_id == analysis_id,
-                CheckpointResult.step == step,
+                CheckpointResult.step.in_(steps),
                 CheckpointResult.state == RUNNING,
                 CheckpointResult.attempts > 0,
             )
@@ -227,22 +263,28 @@ def release_claim(ctx: Context, analysis_id: uuid.UUID, step: int) -> None:
         )
 
 
-def record_checkpoint_error(ctx: Context, analysis_id: uuid.UUID, step: int, error: str) -> None:
-    """Record a checkpoint that cannot be analysed (retries spent) and move the analysis on."""
-    if _claim(ctx, analysis_id, step) is not None:
-        _finish(ctx, analysis_id, step, record=None, error=error)
+def record_checkpoint_errors(
+    ctx: Context, analysis_id: uuid.UUID, steps: list[int], reason: str
+) -> None:
+    """Record the group's unfinished checkpoints as not analysable, ``step N: reason`` each (the
+    task's retries are spent, or it failed around the battery), and move the analysis on."""
+    with session_scope(ctx.sessions) as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is None or analysis.state in AnalysisState.TERMINAL:
+            return
+        mine = sorted(set(steps) & set(analysis.steps))
+    for step in mine:
+        if _claim(ctx, analysis_id, step) is not None:
+            _finish(ctx, analysis_id, step, record=None, error=f"step {step}: {reason}")
     _maybe_finalize(ctx, analysis_id)
 
 
 def _run_battery(ctx: Context, call: Callable[[], Any], *, what: str) -> tuple[Any, str | None]:
-    """The battery's result, or the reason it failed; errors worth a retry propagate."""
+    """The battery's result, or the reason it failed; the task's time limit propagates."""
     try:
         return call(), None
     except ctx.timeouts:
-        return None, (
-            f"{what}: over the task's time limit (OBSTACLE_CHECKPOINT_TIME_LIMIT_S, "
-            "OBSTACLE_FINALIZE_TIME_LIMIT_S); use a cheaper preset or raise the limits"
-        )
+        raise
     except ctx.permanent_errors as exc:
         return None, f"{what}: {exc}"
     except Exception as exc:  # a bug or a numerical failure: record it, do not retry forever
@@ -314,13 +356,22 @@ def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
         run_dir = ctx.run_dirs.prepare(
             job.probe, [job.checkpoints[s] for s in needed], job.train_log
         )
-    report, error = _run_battery(
-        ctx,
-        lambda: _battery().summarize_run(
-            run_dir, records, preset=job.preset, target_loss=job.target_loss, device=ctx.device
-        ),
-        what="run-level analysis",
-    )
+    try:
+        report, error = _run_battery(
+            ctx,
+            lambda: _battery().summarize_run(
+                run_dir, records, preset=job.preset, target_loss=job.target_loss, device=ctx.device
+            ),
+            what="run-level analysis",
+        )
+    except ctx.timeouts:
+        report, error = (
+            None,
+            (
+                "run-level analysis: over the task's time limit (OBSTACLE_FINALIZE_TIME_LIMIT_S); use a "
+                "cheaper preset or raise the limit"
+            ),
+        )
     if error is not None:
         fail_analysis(ctx, analysis_id, error)
         return

@@ -21,11 +21,11 @@ from obstacle.service.db import create_db_engine, session_factory
 from obstacle.service.store import ArtifactStore
 from obstacle.workers import jobs
 from obstacle.workers.app import app, settings
-from obstacle.workers.celery_app import ANALYZE_CHECKPOINT, FINALIZE_ANALYSIS
+from obstacle.workers.celery_app import ANALYZE_CHECKPOINTS, FINALIZE_ANALYSIS
 from obstacle.workers.rundir import RunDirectories
 from obstacle.workers.runtime import select_device
 
-__all__ = ["TRANSIENT", "analyze_checkpoint", "finalize_analysis"]
+__all__ = ["TRANSIENT", "analyze_checkpoints", "finalize_analysis"]
 
 # Worth a retry: the service around the computation was briefly unreachable.
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -68,30 +68,32 @@ def _soft(limit: int) -> int:
 
 
 @app.task(  # type: ignore[untyped-decorator]
-    name=ANALYZE_CHECKPOINT,
+    name=ANALYZE_CHECKPOINTS,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    soft_time_limit=_soft(settings.checkpoint_time_limit_s),
-    time_limit=settings.checkpoint_time_limit_s,
+    # The group's budget: OBSTACLE_CHECKPOINT_TIME_LIMIT_S per checkpoint it may hold.
+    soft_time_limit=_soft(settings.group_time_limit_s),
+    time_limit=settings.group_time_limit_s,
     max_retries=MAX_RETRIES,
 )
-def analyze_checkpoint(self: Any, analysis_id: str, step: int) -> None:
-    """The battery on one checkpoint of an analysis; the last one queues ``finalize_analysis``."""
-    ident = uuid.UUID(analysis_id)
+def analyze_checkpoints(self: Any, analysis_id: str, steps: list[int]) -> None:
+    """The battery on an ordered group of an analysis's checkpoints, warm-started along it; the last
+    group to finish queues ``finalize_analysis``."""
+    ident, group = uuid.UUID(analysis_id), [int(step) for step in steps]
     try:
-        jobs.analyze_checkpoint(context(), ident, int(step))
+        jobs.analyze_checkpoints(context(), ident, group)
     except TRANSIENT as exc:
         if self.request.retries < MAX_RETRIES:
             with suppress(*TRANSIENT):
-                jobs.release_claim(context(), ident, int(step))
+                jobs.release_claims(context(), ident, group)
             raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from exc
-        reason = f"step {step}: gave up after {MAX_RETRIES} retries ({type(exc).__name__}: {exc})"
-        jobs.record_checkpoint_error(context(), ident, int(step), reason)
+        reason = f"gave up after {MAX_RETRIES} retries ({type(exc).__name__}: {exc})"
+        jobs.record_checkpoint_errors(context(), ident, group, reason)
     except Exception as exc:  # not the battery's (it is caught inside): fetching files, a bug
-        logger.exception("analyze_checkpoint(%s, %s) failed", analysis_id, step)
-        reason = f"step {step}: the worker failed around the battery ({type(exc).__name__}: {exc})"
-        jobs.record_checkpoint_error(context(), ident, int(step), reason)
+        logger.exception("analyze_checkpoints(%s, %s) failed", analysis_id, group)
+        reason = f"the worker failed around the battery ({type(exc).__name__}: {exc})"
+        jobs.record_checkpoint_errors(context(), ident, group, reason)
 
 
 @app.task(  # type: ignore[untyped-decorator]

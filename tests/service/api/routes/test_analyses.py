@@ -119,6 +119,7 @@ def test_an_analysis_no_worker_takes_is_marked_failed_with_the_reason(
         redis_url,
         tmp_path,
         analysis_stall_timeout_s=2,
+        checkpoints_per_task=1,
         checkpoint_time_limit_s=1,
         finalize_time_limit_s=1,
     )
