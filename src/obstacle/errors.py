@@ -6,7 +6,8 @@
     │   ├── ProbeError             the probe cannot be captured, saved or loaded
     │   ├── UnsafeArchiveError     an uploaded program archive failed the safety validator
     │   ├── CheckpointError        a checkpoint is unreadable or does not match the probe
-    │   └── RunDirectoryError      a run directory is missing pieces or malformed
+    │   ├── RunDirectoryError      a run directory is missing pieces or malformed
+    │   └── MemoryBudgetError      the analysis cannot be planned within the memory budget
     ├── ComputeError               the numerics or the device failed: not the caller's input
     │   └── DeviceError            CUDA out of memory, missing device, ...
     └── TransportError             talking to the service failed (client side)
@@ -30,6 +31,7 @@ __all__ = [
     "ConvergenceWarning",
     "DeviceError",
     "InputError",
+    "MemoryBudgetError",
     "ObstacleError",
     "ParameterError",
     "ProbeError",
@@ -71,6 +73,10 @@ class CheckpointError(InputError):
 
 class RunDirectoryError(InputError):
     """A run directory is missing pieces or is malformed."""
+
+
+class MemoryBudgetError(InputError):
+    """The analysis does not fit the memory budget even at its smallest plan."""
 
 
 class ComputeError(ObstacleError):

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
 from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST, list_checkpoints
 from obstacle.artifacts.manifest import read_manifest
 from obstacle.battery.checkpoint import Checkpoint, load_checkpoint
-from obstacle.battery.engine import LossEngine
+from obstacle.battery.engine import LossEngine, resolve_device
+from obstacle.battery.memory import available_memory, parse_size, plan_memory
+from obstacle.battery.precision import choose_precision
 from obstacle.battery.presets import Preset, get_preset
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record
@@ -66,14 +68,36 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 class _Session:
-    """The probe bound to an engine for one run, plus the first checkpoint's θ."""
+    """The probe bound to an engine for one run, in the policy's precision, with its memory plan."""
 
-    def __init__(self, run_dir: Path, preset: Preset, device: str, dtype: str) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        preset: Preset,
+        device: str,
+        dtype: str,
+        memory_budget: str | int | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.preset = preset
         self.probe = load_probe(self.run_dir)
+        dev = resolve_device(device)
+        num_parameters = sum(math.prod(s.shape) for s in self.probe.manifest.parameters)
+        self.precision = choose_precision(dtype, device=dev, num_parameters=num_parameters)
         self.engine = LossEngine.create(
-            self.probe, device=device, dtype=dtype, max_batches=preset.max_batches
+            self.probe, device=device, dtype=self.precision.dtype, max_batches=preset.max_batches
+        )
+        if memory_budget is None:
+            budget, source = available_memory(self.engine.device), "device"
+        else:
+            budget, source = parse_size(memory_budget), "requested"
+        # Before any work: a plan that cannot fit is an error that says what to lower.
+        self.plan = plan_memory(
+            num_parameters=num_parameters,
+            dtype=self.engine.dtype,
+            num_batches=self.engine.num_batches,
+            budget_bytes=budget,
+            budget_source=source,
         )
         self.paths = dict(list_checkpoints(self.run_dir))
         if not self.paths:
@@ -91,6 +115,26 @@ class _Session:
     def theta(self, step: int) -> tuple[Checkpoint, torch.Tensor]:
         ck = self.load(step)
         return ck, self.engine.flatten(ck.state)
+
+
+class _Thetas(Sequence[torch.Tensor]):
+    """θ of each step, read from its checkpoint when indexed: the run-level tests stream the
+    sequence instead of holding every checkpoint."""
+
+    def __init__(self, session: _Session, steps: list[int]) -> None:
+        self._session, self._steps = session, steps
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    @overload
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[torch.Tensor]: ...
+    def __getitem__(self, index: int | slice) -> torch.Tensor | Sequence[torch.Tensor]:
+        if isinstance(index, slice):
+            return _Thetas(self._session, self._steps[index])
+        return self._session.theta(self._steps[index])[1]
 
 
 def _quantities(preset: Preset) -> list[Quantity]:
@@ -132,6 +176,8 @@ def _context(session: _Session, step: int, carry: dict[str, Any]) -> CheckpointC
             "slice_points": preset.slice_points,
             "bootstrap": preset.bootstrap,
             "warm_start": True,
+            "lanczos_max_vectors": session.plan.lanczos_max_vectors,
+            "batch_gradient_chunk": session.plan.batch_gradient_chunk,
         },
     )
     model = OptimizerModel.from_checkpoint(ck, session.engine)
@@ -174,9 +220,10 @@ class SequenceAnalyzer:
         *,
         preset: str = "standard",
         device: str = "cpu",
-        dtype: str = "float64",
+        dtype: str = "auto",
+        memory_budget: str | int | None = None,
     ) -> None:
-        self._session = _Session(Path(run_dir), get_preset(preset), device, dtype)
+        self._session = _Session(Path(run_dir), get_preset(preset), device, dtype, memory_budget)
         self._carry: dict[str, Any] = {}
 
     @property
@@ -195,10 +242,13 @@ def analyze_checkpoint(
     *,
     preset: str = "standard",
     device: str = "cpu",
-    dtype: str = "float64",
+    dtype: str = "auto",
+    memory_budget: str | int | None = None,
 ) -> Record:
     """The battery's record for one checkpoint, cold-started (see :class:`SequenceAnalyzer`)."""
-    return SequenceAnalyzer(run_dir, preset=preset, device=device, dtype=dtype).record(step)
+    return SequenceAnalyzer(
+        run_dir, preset=preset, device=device, dtype=dtype, memory_budget=memory_budget
+    ).record(step)
 
 
 def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -> Record:
@@ -270,16 +320,17 @@ def summarize_run(
     preset: str = "standard",
     target_loss: float | None = None,
     device: str = "cpu",
-    dtype: str = "float64",
+    dtype: str = "auto",
     thresholds: Thresholds | Mapping[str, float] | None = None,
     name: str | None = None,
+    memory_budget: str | int | None = None,
 ) -> dict[str, Any]:
     """The run-level tests and the verdict: the full report (schema ``obstacle.report/1``)."""
     from obstacle.battery import landscape, sequence
 
     chosen = get_preset(preset)
     limits = _thresholds(thresholds)
-    session = _Session(Path(run_dir), chosen, device, dtype)
+    session = _Session(Path(run_dir), chosen, device, dtype, memory_budget)
     ordered = sorted(records, key=lambda r: int(r["step"]))
     steps = [int(r["step"]) for r in ordered]
     before = session.engine.cost.copy()
@@ -292,6 +343,8 @@ def summarize_run(
         "preset": chosen.name,
         "device": str(session.engine.device),
         "dtype": str(session.engine.dtype).removeprefix("torch."),
+        "precision": session.precision.as_dict(),
+        "memory_plan": session.plan.as_dict(),
         "target_loss": target_loss,
         "uphill_step_rate": sequence.uphill_step_rate(ordered),
         "curvature_variation": sequence.curvature_variation(ordered),
@@ -307,7 +360,7 @@ def summarize_run(
         if log
         else None
     )
-    thetas = [session.theta(s)[1] for s in steps]
+    thetas = _Thetas(session, steps)
     if len(thetas) >= 2:
         alphas = [
             -0.5 + 2.0 * i / (chosen.interpolation_points - 1)
@@ -349,14 +402,17 @@ def analyze(
     preset: str = "standard",
     target_loss: float | None = None,
     device: str = "cpu",
-    dtype: str = "float64",
+    dtype: str = "auto",
     thresholds: Thresholds | Mapping[str, float] | None = None,
     progress: Progress | None = None,
     name: str | None = None,
+    memory_budget: str | int | None = None,
 ) -> dict[str, Any]:
     """Analyse every checkpoint of ``run_dir`` in order (Lanczos warm-started), then the run."""
     steps = checkpoint_steps(Path(run_dir))
-    analyzer = SequenceAnalyzer(run_dir, preset=preset, device=device, dtype=dtype)
+    analyzer = SequenceAnalyzer(
+        run_dir, preset=preset, device=device, dtype=dtype, memory_budget=memory_budget
+    )
     records = []
     for i, step in enumerate(steps):
         if progress:
@@ -374,6 +430,7 @@ def analyze(
         dtype=dtype,
         thresholds=thresholds,
         name=name,
+        memory_budget=memory_budget,
     )
     if progress:
         progress("run", 1, 1)

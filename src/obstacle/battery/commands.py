@@ -39,8 +39,20 @@ def analyze_command(
         str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")
     ] = "cpu",
     dtype: Annotated[
-        str, typer.Option(help="float64 (exact, default) or float32 (faster).")
-    ] = "float64",
+        str,
+        typer.Option(
+            help="auto (default: float64 for CPU models up to 1M parameters, float32 on GPUs and "
+            "above), float64 (exact) or float32 (half the memory, faster)."
+        ),
+    ] = "auto",
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the battery may plan to, e.g. 8GiB or 500MB (default: what the device "
+            "has free). Over it, per-batch gradients go in chunks and the Lanczos basis shrinks; "
+            "if even that does not fit, the analysis stops before any work and says what to lower."
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full JSON report here.")
     ] = None,
@@ -68,6 +80,7 @@ def analyze_command(
             dtype=dtype,
             thresholds=_parse_thresholds(threshold or []),
             progress=progress,
+            memory_budget=memory_budget,
         )
     except ObstacleError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -86,6 +99,7 @@ def run_analysis(
     thresholds: dict[str, float],
     progress: bool,
     name: str | None = None,
+    memory_budget: str | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -103,6 +117,7 @@ def run_analysis(
             thresholds=thresholds or None,
             progress=bar,
             name=name,
+            memory_budget=memory_budget,
         )
     finally:
         if bar is not None:

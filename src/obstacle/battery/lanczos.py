@@ -515,6 +515,7 @@ __all__ = [
     "DEFAULT_MAX_ITER",
     "DEFAULT_MAX_VECTORS",
     "DEFAULT_TOL",
+    "MIN_VECTORS",
     "LanczosProcess",
     "LanczosResult",
     "Operator",

@@ -180,13 +180,13 @@ def interpolation_from_checkpoints(
             f"parameter vectors and {len(steps)} steps instead."
         )
     theta_final = _theta(engine, "theta_final", theta_final)
-    starts = [_theta(engine, "thetas", theta) for theta in thetas]
     before = engine.cost.copy()
     grid = [i / (points - 1) for i in range(points)]
     end = engine.loss(theta_final)
     entries: list[dict[str, Any]] = []
     skipped: list[int] = []
-    for theta, step in zip(starts, steps, strict=True):
+    for i, step in enumerate(steps):
+        theta = _theta(engine, "thetas", thetas[i])  # one at a time: a lazy sequence loads it here
         if torch.equal(theta, theta_final):
             skipped.append(int(step))
             continue
@@ -251,9 +251,14 @@ def subspace(
     before = engine.cost.copy()
     order = sorted(range(len(steps)), key=lambda i: int(steps[i]))
     path_steps = [int(steps[i]) for i in order]
-    path = [_theta(engine, "thetas", thetas[i]) for i in order]
-    finite = [i for i, theta in enumerate(path) if bool(torch.isfinite(theta).all())]
-    nan_path = {"x": [math.nan] * len(path), "y": [math.nan] * len(path), "steps": path_steps}
+
+    def point(j: int) -> Tensor:  # the j-th checkpoint in step order, loaded when asked for
+        return _theta(engine, "thetas", thetas[order[j]])
+
+    # The path is streamed (``thetas`` may load each checkpoint on access): at most θ0, u, w and
+    # one checkpoint are held, in three passes over it.
+    finite = [j for j in range(len(order)) if bool(torch.isfinite(point(j)).all())]
+    nan_path = {"x": [math.nan] * len(order), "y": [math.nan] * len(order), "steps": path_steps}
     out: dict[str, Any] = {
         "x": [],
         "y": [],
@@ -271,8 +276,8 @@ def subspace(
         out["note"] = "no plane: fewer than two checkpoints with finite parameters"
         out["cost"] = (engine.cost - before).as_dict()
         return out
-    origin = path[finite[0]]
-    u = path[finite[-1]] - origin
+    origin = point(finite[0])
+    u = point(finite[-1]) - origin
     u_norm = float(torch.linalg.vector_norm(u))
     out["u_norm"] = u_norm
     if u_norm == 0.0:
@@ -280,15 +285,16 @@ def subspace(
         out["cost"] = (engine.cost - before).as_dict()
         return out
     u = u / u_norm
-    offsets = [path[i] - origin for i in finite]
-    along = [float(d @ u) for d in offsets]
-    distances = [
-        float(torch.linalg.vector_norm(d - a * u)) for d, a in zip(offsets, along, strict=True)
-    ]
+    along, distances = [], []
+    for j in finite:
+        d = point(j) - origin
+        a = float(d @ u)
+        along.append(a)
+        distances.append(float(torch.linalg.vector_norm(d - a * u)))
     w_norm = max(distances)
     if w_norm > _STRAIGHT_RTOL * u_norm:
         k = distances.index(w_norm)
-        w, source = offsets[k] - along[k] * u, "path"
+        w, source = point(finite[k]) - origin - along[k] * u, "path"
         out["note"] = f"w from the checkpoint at step {path_steps[finite[k]]}"
     else:
         generator = torch.Generator().manual_seed(seed)
@@ -299,12 +305,13 @@ def subspace(
         )
     w = w - (w @ u) * u  # a second Gram–Schmidt pass keeps u·w at rounding level
     w = w / torch.linalg.vector_norm(w)
-    xs = [math.nan] * len(path)
-    ys = [math.nan] * len(path)
+    xs = [math.nan] * len(order)
+    ys = [math.nan] * len(order)
     outside = total = 0.0
-    for i, d, a in zip(finite, offsets, along, strict=True):
+    for j, a in zip(finite, along, strict=True):
+        d = point(j) - origin
         b = float(d @ w)
-        xs[i], ys[i] = a, b
+        xs[j], ys[j] = a, b
         outside += float(torch.linalg.vector_norm(d - a * u - b * w)) ** 2
         total += float(torch.linalg.vector_norm(d)) ** 2
     px = [xs[i] for i in finite]

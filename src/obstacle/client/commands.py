@@ -315,7 +315,7 @@ def _gate_report(
             target_loss=target_loss,
             preset=preset,
             device="cpu",
-            dtype="float64",
+            dtype="auto",
             thresholds={},
             progress=sys.stderr.isatty() if progress is None else progress,
         )

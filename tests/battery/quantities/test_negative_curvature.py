@@ -26,7 +26,11 @@ from support import quadratic_engine
 
 RECORD_KEYS = {
     "lambda_min",
+    "lambda_min_resolution",
+    "lambda_min_unresolved",
     "lambda_max",
+    "restarts",
+    "max_vectors",
     "converged_min",
     "converged_max",
     "residual_min",
@@ -384,3 +388,18 @@ def test_warm_start_along_an_sgd_run_is_as_accurate_in_fewer_hvps() -> None:
         opt.step()
     # Measured 285 cold vs 214 warm over the ten checkpoints; assert a clear saving.
     assert warm_hvps < 0.9 * cold_hvps
+
+
+def test_float32_lambda_min_below_resolution_is_said_not_reported() -> None:
+    # λmin = 1e-6·λmax: float32 cannot resolve it (FLOAT32_RESOLUTION = 1e-4 of λmax); float64 can.
+    eigenvalues = [-1e-6, 0.5, 1.0, 2.0, 1.0]
+    engine, model, _ = _quadratic(eigenvalues, point=3.0)
+    record = NegativeCurvature()(_context(engine, model))
+    assert record["lambda_min"] == pytest.approx(-1e-6, rel=1e-6)
+    assert record["lambda_min_unresolved"] is None and record["lambda_min_resolution"] == 0.0
+    engine32 = LossEngine.create(engine.probe, dtype="float32")
+    record32 = NegativeCurvature()(_context(engine32, model))
+    assert record32["lambda_min"] is None
+    assert record32["lambda_min_resolution"] == pytest.approx(1e-4 * 2.0, rel=1e-3)
+    assert "below what float32 resolves" in record32["lambda_min_unresolved"]
+    assert "--dtype float64" in record32["lambda_min_unresolved"]

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from obstacle._validation import check_choice, check_float, check_int
 from obstacle.battery.checkpoint import OptimizerState
-from obstacle.battery.lanczos import DEFAULT_MAX_ITER, DEFAULT_TOL, LanczosResult, lanczos
+from obstacle.battery.lanczos import (
+    DEFAULT_MAX_ITER,
+    DEFAULT_MAX_VECTORS,
+    DEFAULT_TOL,
+    MIN_VECTORS,
+    LanczosResult,
+    lanczos,
+)
+from obstacle.battery.precision import FLOAT32_RESOLUTION, resolution
 from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record, finite
 from obstacle.errors import ParameterError
 
@@ -141,6 +149,11 @@ class NegativeCurvature(Quantity):
         )
         points = check_int("slice_points", ctx.options.get("slice_points", 21), low=3)
         warm = bool(ctx.options.get("warm_start", True))
+        vectors = check_int(
+            "lanczos_max_vectors",
+            ctx.options.get("lanczos_max_vectors", DEFAULT_MAX_VECTORS),
+            low=MIN_VECTORS,
+        )
         kind, hyper = _optimizer(ctx)
         op = ctx.hessian()
         record = _empty_record(kind, ctx.lr)
@@ -152,6 +165,7 @@ class NegativeCurvature(Quantity):
             op.size,
             max_iter=max_iter,
             tol=tol,
+            max_vectors=vectors,
             start_vectors=ctx.carry.get("ritz_vectors") if warm else None,
             generator=generator,
             dtype=ctx.theta.dtype,
@@ -161,6 +175,7 @@ class NegativeCurvature(Quantity):
         if math.isfinite(result.lambda_min):
             ctx.carry["ritz_vectors"] = [v.detach().clone() for v in result.ritz_vectors]
         record.update(_lanczos_fields(result, tol))
+        _mark_unresolved(record, result, ctx.theta.dtype)
         if math.isfinite(result.lambda_min):
             alpha = escape_scale(
                 op.loss, result.lambda_min, float(torch.linalg.vector_norm(ctx.theta))
@@ -176,7 +191,14 @@ class NegativeCurvature(Quantity):
             if threshold is None and kind.lower() in ADAPTIVE_OPTIMIZERS:
                 threshold = _threshold(kind, hyper)
             record["preconditioned"] = self._preconditioned(
-                ctx, preconditioner, threshold, generator, max_iter=max_iter, tol=tol, warm=warm
+                ctx,
+                preconditioner,
+                threshold,
+                generator,
+                max_iter=max_iter,
+                tol=tol,
+                warm=warm,
+                vectors=vectors,
             )
         return record
 
@@ -190,6 +212,7 @@ class NegativeCurvature(Quantity):
         max_iter: int,
         tol: float,
         warm: bool,
+        vectors: int,
     ) -> Record:
         """λmax(P^-1/2·H·P^-1/2) by Lanczos on v ↦ P^-1/2·H·(P^-1/2·v) (only λmax must converge)."""
         op = ctx.hessian()
@@ -204,6 +227,7 @@ class NegativeCurvature(Quantity):
             max_iter=max_iter,
             tol=tol,
             which="max",
+            max_vectors=vectors,
             start_vectors=ctx.carry.get("preconditioned_ritz_vectors") if warm else None,
             generator=generator,
             dtype=ctx.theta.dtype,
@@ -226,9 +250,26 @@ class NegativeCurvature(Quantity):
         }
 
 
+def _mark_unresolved(record: Record, result: LanczosResult, dtype: torch.dtype) -> None:
+    """λmin below what ``dtype`` resolves is not a number: the record says so, and why."""
+    bound = resolution(dtype) * abs(result.lambda_max)
+    unresolved = math.isfinite(result.lambda_min) and abs(result.lambda_min) < bound
+    record["lambda_min_resolution"] = finite(bound)
+    record["lambda_min_unresolved"] = None
+    if unresolved:
+        record["lambda_min"] = None
+        record["lambda_min_unresolved"] = (
+            f"|λmin| = {abs(result.lambda_min):.2g} is below what {str(dtype).removeprefix('torch.')} "
+            f"resolves ({FLOAT32_RESOLUTION:g}·λmax = {bound:.2g}): no clearly negative curvature; "
+            "rerun with --dtype float64 for its value"
+        )
+
+
 def _empty_record(kind: str, lr: float) -> Record:
     return {
         "lambda_min": None,
+        "lambda_min_resolution": None,
+        "lambda_min_unresolved": None,
         "lambda_max": None,
         "converged_min": False,
         "converged_max": False,
@@ -236,6 +277,8 @@ def _empty_record(kind: str, lr: float) -> Record:
         "residual_max": None,
         "iterations": 0,
         "matvecs": 0,
+        "restarts": 0,
+        "max_vectors": None,
         "exact": False,
         "warm_started": False,
         "tol": None,
@@ -259,6 +302,8 @@ def _lanczos_fields(result: LanczosResult, tol: float) -> Record:
         "residual_max": finite(result.residual_max),
         "iterations": result.iterations,
         "matvecs": result.matvecs,
+        "restarts": result.restarts,
+        "max_vectors": result.max_vectors,
         "exact": result.exact,
         "warm_started": result.warm_started,
         "tol": tol,

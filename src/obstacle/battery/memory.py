@@ -1,0 +1,155 @@
+"""The memory plan: what the battery holds per checkpoint, planned to a budget before any work.
+
+The analysis' peak is a small multiple of the model, independent of Lanczos iterations and of
+the sequence length. Counted in vectors of the model's size in the analysis dtype:
+
+- **fixed** (:data:`FIXED_VECTORS`): θ, θ₀, the gradient and its graph, a Hessian-vector
+  product and autograd's temporaries, Lanczos' work and Ritz vectors, a probe point of the
+  escape test or a landscape plot, the checkpoint being read, the optimizer's state and step;
+- **Lanczos basis**: ``lanczos_max_vectors`` (thick restart keeps it fixed);
+- **per-batch gradients**: ``2 × batch_gradient_chunk`` (a chunk, and the optimizer steps made
+  from it or a second chunk of the Gram matrix); all K only when they fit.
+
+``plan_memory`` starts from the preferred plan (24 Lanczos vectors, all K gradients at once)
+and, over the budget, first takes the gradients in smaller chunks (more gradient passes), then
+shrinks the basis to :data:`MIN_PLANNED_VECTORS` (more HVPs). If even that does not fit it raises
+:class:`MemoryBudgetError` before any work, saying what to lower. Activations of the probe
+batches and the process itself (Python, torch: a few hundred MB) come on top; the estimate is
+what the battery's own tensors need. The default budget is what the device has free.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+
+from obstacle._validation import check_int
+from obstacle.battery.lanczos import DEFAULT_MAX_VECTORS
+from obstacle.errors import MemoryBudgetError, ParameterError
+
+__all__ = [
+    "FIXED_VECTORS",
+    "MIN_PLANNED_VECTORS",
+    "MemoryPlan",
+    "available_memory",
+    "parse_size",
+    "plan_memory",
+]
+
+FIXED_VECTORS = 12
+# Fewer kept vectors than this: restarts cost 2× the HVPs or more, and a dense end can be
+# mistaken for its neighbour (measured on bench/lanczos_restart.py's models at 10 and 16).
+MIN_PLANNED_VECTORS = 16
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_IUNITS = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How the battery will hold a checkpoint's analysis, and what it estimates that takes."""
+
+    num_parameters: int
+    dtype: str
+    vector_bytes: int
+    num_batches: int
+    lanczos_max_vectors: int
+    batch_gradient_chunk: int
+    estimate_bytes: int
+    budget_bytes: int | None
+    budget_source: str  # "requested", "device" or "none"
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from ``8GiB``, ``500MB``, ``2g`` or a plain number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_int("memory_budget", value, low=1)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise ParameterError(
+            f"The 'memory_budget' parameter must be a size such as 8GiB, 500MB or 2000000000. "
+            f"Got {value!r} instead."
+        )
+    unit = (match.group(2) or "").lower()
+    scale = _IUNITS.get(unit) or _UNITS[unit]
+    size = int(float(match.group(1)) * scale)
+    if size < 1:
+        raise ParameterError(
+            f"The 'memory_budget' parameter must be a positive size. Got {value!r} instead."
+        )
+    return size
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory on ``device``: CUDA's free bytes, or the CPU's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _estimate(vector_bytes: int, vectors: int, chunk: int) -> int:
+    return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk)
+
+
+def plan_memory(
+    *,
+    num_parameters: int,
+    dtype: torch.dtype,
+    num_batches: int,
+    budget_bytes: int | None,
+    budget_source: str = "requested",
+    max_vectors: int = DEFAULT_MAX_VECTORS,
+) -> MemoryPlan:
+    """The largest plan within ``budget_bytes`` (None: no limit); raises if none fits."""
+    vector_bytes = num_parameters * torch.empty(0, dtype=dtype).element_size()
+    vectors, chunk = max_vectors, num_batches
+    if budget_bytes is not None:
+        while _estimate(vector_bytes, vectors, chunk) > budget_bytes and chunk > 1:
+            chunk = math.ceil(chunk / 2)
+        while (
+            _estimate(vector_bytes, vectors, chunk) > budget_bytes and vectors > MIN_PLANNED_VECTORS
+        ):
+            vectors -= 1
+        need = _estimate(vector_bytes, vectors, chunk)
+        if need > budget_bytes:
+            hint = "--dtype float32 (half the bytes per vector), " if dtype == torch.float64 else ""
+            raise MemoryBudgetError(
+                f"The analysis of a {num_parameters:,}-parameter model in "
+                f"{str(dtype).removeprefix('torch.')} needs at least {_fmt(need)} "
+                f"({FIXED_VECTORS + vectors + 2 * chunk} vectors of {_fmt(vector_bytes)}: "
+                f"{FIXED_VECTORS} fixed, a {vectors}-vector Lanczos basis, per-batch gradients "
+                f"one at a time), but the memory budget is {_fmt(budget_bytes)} "
+                f"({budget_source}). Lower what it needs with {hint}a smaller model or probe, "
+                "or raise --memory-budget (OBSTACLE_MEMORY_BUDGET for a worker)."
+            )
+    return MemoryPlan(
+        num_parameters=num_parameters,
+        dtype=str(dtype).removeprefix("torch."),
+        vector_bytes=vector_bytes,
+        num_batches=num_batches,
+        lanczos_max_vectors=vectors,
+        batch_gradient_chunk=chunk,
+        estimate_bytes=_estimate(vector_bytes, vectors, chunk),
+        budget_bytes=budget_bytes,
+        budget_source=budget_source if budget_bytes is not None else "none",
+    )
+
+
+def _fmt(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,143 @@
+"""The memory plan and the precision policy: planned before any work, and the same numbers in chunks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from obstacle.battery.analysis import analyze
+from obstacle.battery.memory import (
+    FIXED_VECTORS,
+    MIN_PLANNED_VECTORS,
+    parse_size,
+    plan_memory,
+)
+from obstacle.battery.precision import FLOAT64_MAX_PARAMETERS, choose_precision
+from obstacle.cli import app
+from obstacle.errors import MemoryBudgetError, ParameterError
+from support import classification_batches, tiny_mlp, write_run
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("8GiB", 8 * 2**30),
+        ("500MB", 500 * 10**6),
+        ("2g", 2 * 10**9),
+        ("1.5 KiB", 1536),
+        (4096, 4096),
+    ],
+)
+def test_parse_size(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "-1GB", "0"])
+def test_parse_size_names_the_value(bad: str) -> None:
+    with pytest.raises(ParameterError, match="'memory_budget' parameter must be"):
+        parse_size(bad)
+
+
+def test_unbounded_plan_is_the_preferred_one() -> None:
+    plan = plan_memory(num_parameters=1000, dtype=torch.float32, num_batches=8, budget_bytes=None)
+    assert (plan.lanczos_max_vectors, plan.batch_gradient_chunk) == (24, 8)
+    assert plan.vector_bytes == 4000
+    assert plan.estimate_bytes == 4000 * (FIXED_VECTORS + 24 + 2 * 8)
+
+
+def test_tight_budget_chunks_gradients_first_then_shrinks_the_basis() -> None:
+    vb = 8000  # 1000 float64 parameters
+    roomy = plan_memory(
+        num_parameters=1000, dtype=torch.float64, num_batches=8, budget_bytes=vb * 44
+    )
+    assert (roomy.lanczos_max_vectors, roomy.batch_gradient_chunk) == (24, 4)
+    tight = plan_memory(
+        num_parameters=1000, dtype=torch.float64, num_batches=8, budget_bytes=vb * 31
+    )
+    assert (tight.lanczos_max_vectors, tight.batch_gradient_chunk) == (17, 1)
+    assert tight.estimate_bytes <= vb * 31
+
+
+def test_impossible_budget_says_what_to_lower() -> None:
+    with pytest.raises(MemoryBudgetError) as info:
+        plan_memory(num_parameters=10**6, dtype=torch.float64, num_batches=8, budget_bytes=10**6)
+    message = str(info.value)
+    assert "1,000,000-parameter model in float64" in message
+    assert "--dtype float32" in message and "--memory-budget" in message
+    assert f"{FIXED_VECTORS + MIN_PLANNED_VECTORS + 2} vectors" in message
+
+
+def test_precision_policy() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_precision("auto", device=cpu, num_parameters=1000).dtype == "float64"
+    big = choose_precision("auto", device=cpu, num_parameters=FLOAT64_MAX_PARAMETERS + 1)
+    assert big.dtype == "float32" and big.policy == "auto" and "--dtype float64" in big.reason
+    assert choose_precision("auto", device=cuda, num_parameters=10).dtype == "float32"
+    asked = choose_precision("float64", device=cuda, num_parameters=10**8)
+    assert (asked.dtype, asked.policy) == ("float64", "requested")
+    with pytest.raises(ParameterError, match="'dtype' parameter"):
+        choose_precision("float16", device=cpu, num_parameters=10)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    write_run(
+        run,
+        tiny_mlp(),
+        torch.nn.functional.cross_entropy,
+        classification_batches(k=6),
+        steps=6,
+        lr=0.5,
+        every=3,
+    )
+    return run
+
+
+def test_chunked_plan_gives_the_same_numbers(run_dir: Path) -> None:
+    # A budget that forces one per-batch gradient at a time and a 17-vector basis must give the
+    # same noise, curvature and step statistics as the unconstrained plan (the Gram matrix is
+    # assembled block by block), and the report records both plans and the precision.
+    free = analyze(run_dir, preset="quick")
+    vb = free["run"]["memory_plan"]["vector_bytes"]
+    tight = analyze(run_dir, preset="quick", memory_budget=vb * (FIXED_VECTORS + 17 + 2))
+    plan = tight["run"]["memory_plan"]
+    assert (plan["batch_gradient_chunk"], plan["lanczos_max_vectors"]) == (1, 17)
+    assert (
+        plan["budget_source"] == "requested"
+        and free["run"]["memory_plan"]["budget_source"] == "device"
+    )
+    assert free["run"]["precision"] == {
+        "dtype": "float64",
+        "policy": "auto",
+        "reason": free["run"]["precision"]["reason"],
+    }
+    for a, b in zip(free["checkpoints"], tight["checkpoints"], strict=True):
+        for key in ("noise_trace", "snr", "uphill_fraction_minibatch", "curvature_along_gradient"):
+            if a[key] is None:
+                assert b[key] is None
+            else:
+                # Tolerance: the same float64 numbers summed in another order.
+                assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
+        per_a = a["details"]["curvature"]["per_batch"]
+        per_b = b["details"]["curvature"]["per_batch"]
+        assert per_b == pytest.approx(per_a, rel=1e-9)
+        # The chunked Gram matrix spends more gradient passes, never fewer.
+        assert (
+            b["details"]["noise"]["cost"]["grad_evals"]
+            >= a["details"]["noise"]["cost"]["grad_evals"]
+        )
+        assert math.isclose(b["lambda_max"], a["lambda_max"], rel_tol=1e-3)
+
+
+def test_analyze_refuses_an_impossible_budget_before_any_work(run_dir: Path) -> None:
+    out = CliRunner().invoke(
+        app, ["analyze", str(run_dir), "--memory-budget", "1KB", "--no-progress"]
+    )
+    assert out.exit_code == 2
+    assert "memory budget is 1000 B (requested)" in out.output
+    assert "--memory-budget" in out.output
