@@ -209,3 +209,26 @@ def test_tasks_of_a_deleted_run_do_nothing(
     jobs.record_checkpoint_errors(ctx, analysis_id, [5], "late")
     jobs.finalize_analysis(ctx, analysis_id)
     assert rows(ctx, analysis_id) == {} and sent == []
+
+
+def test_a_worker_memory_budget_too_small_is_each_step_s_error_naming_what_to_lower(
+    queued: tuple[TestClient, uuid.UUID], context: tuple[jobs.Context, Finalizations]
+) -> None:
+    _, analysis_id = queued
+    ctx, sent = context
+    ctx.memory_budget = "1KB"  # OBSTACLE_MEMORY_BUDGET: no plan fits, refused before any work
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])
+    found = rows(ctx, analysis_id)
+    assert {r.state for r in found.values()} == {jobs.ERROR}
+    for row in found.values():
+        assert "memory budget is 1000 B (requested)" in (row.error or "")
+        assert "--memory-budget" in (row.error or "")
+    assert sent == [analysis_id]
+
+
+def test_worker_memory_budget_setting_is_validated() -> None:
+    from obstacle.workers.settings import WorkerSettings
+
+    assert WorkerSettings(memory_budget="20GiB").memory_budget == "20GiB"
+    with pytest.raises(ValueError, match="OBSTACLE_MEMORY_BUDGET.*must be a size such as 8GiB"):
+        WorkerSettings(memory_budget="lots")

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from obstacle.errors import (
     CheckpointError,
     InputError,
+    MemoryBudgetError,
     ParameterError,
     ProbeError,
     RunDirectoryError,
@@ -77,6 +78,7 @@ INPUT_ERRORS: tuple[tuple[type[InputError], int, str, str], ...] = (
     (CheckpointError, 422, "invalid-checkpoint", "The checkpoint is invalid"),
     (ParameterError, 422, "invalid-parameter", "A parameter is out of range"),
     (RunDirectoryError, 422, "invalid-run", "The run is incomplete"),
+    (MemoryBudgetError, 422, "over-memory-budget", "The analysis does not fit the memory budget"),
     (InputError, 400, "bad-input", "The input is wrong"),
 )
 

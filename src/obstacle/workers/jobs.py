@@ -76,6 +76,7 @@ class Context:
     send_finalize: Callable[[uuid.UUID], None]
     permanent_errors: tuple[type[BaseException], ...] = (ObstacleError,)
     timeouts: tuple[type[BaseException], ...] = ()
+    memory_budget: str | None = None  # OBSTACLE_MEMORY_BUDGET; None: what the device has free
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,12 @@ def analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) 
         if not sequence:
             battery = _battery()
             sequence.append(
-                battery.SequenceAnalyzer(directory, preset=job.preset, device=ctx.device)
+                battery.SequenceAnalyzer(
+                    directory,
+                    preset=job.preset,
+                    device=ctx.device,
+                    memory_budget=ctx.memory_budget,
+                )
             )
         return sequence[0].record(step)
 
@@ -360,7 +366,12 @@ def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
         report, error = _run_battery(
             ctx,
             lambda: _battery().summarize_run(
-                run_dir, records, preset=job.preset, target_loss=job.target_loss, device=ctx.device
+                run_dir,
+                records,
+                preset=job.preset,
+                target_loss=job.target_loss,
+                device=ctx.device,
+                memory_budget=ctx.memory_budget,
             ),
             what="run-level analysis",
         )

@@ -51,6 +51,7 @@ def context() -> jobs.Context:
         store=store,
         run_dirs=RunDirectories(store, settings.resolved_cache_dir),
         device=select_device(settings.device),
+        memory_budget=settings.memory_budget,
         max_attempts=settings.max_task_attempts,
         send_finalize=lambda analysis_id: finalize_analysis.delay(str(analysis_id)),
         permanent_errors=(ObstacleError,),
