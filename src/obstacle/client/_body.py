@@ -18,9 +18,10 @@ from obstacle.errors import InputError
 
 __all__ = ["CHUNK_BYTES", "FileBody"]
 
-# Large enough that the per-chunk Python overhead vanishes next to hashing and the socket, small
-# enough that a chunk in flight costs nothing next to a checkpoint.
-CHUNK_BYTES = 4 << 20
+# Large enough that the per-chunk Python overhead vanishes next to hashing and the socket; no
+# larger, because httpcore copies what the socket has not taken yet (``buffer[n:]``) after every
+# send, which costs more the larger the chunk (a whole file as one bytes object: quadratic).
+CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
