@@ -70,6 +70,20 @@ def test_a_linked_file_is_stored_without_a_copy(store: ArtifactStore, tmp_path: 
     assert store.list_keys("runs") == ["runs/a/ckpt.safetensors"], "no partial file is left"
 
 
+def test_a_reader_gets_a_link_from_a_local_store(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"weights" * 1000)
+    store.put_file(source, "runs/a/ckpt.safetensors")
+    cached = tmp_path / "cache" / "blob.safetensors"
+    store.get_file("runs/a/ckpt.safetensors", cached, link=True)
+    assert cached.read_bytes() == b"weights" * 1000
+    assert list(cached.parent.iterdir()) == [cached], "no partial download is left beside it"
+    if not store.url.startswith("memory://"):
+        assert cached.samefile(tmp_path / "store" / "runs" / "a" / "ckpt.safetensors")
+    cached.unlink()  # evicting the worker's copy leaves the store's file
+    assert store.read_bytes("runs/a/ckpt.safetensors") == b"weights" * 1000
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second filesystem (/dev/shm)")
 def test_a_file_on_another_filesystem_is_copied(tmp_path: Path) -> None:
     store = ArtifactStore(str(tmp_path / "store"))

@@ -3,7 +3,8 @@
 Files are written under a temporary name and moved to their final key, so a reader never sees a
 partial file; keys are content-addressed where bytes can differ, so a final key never changes.
 A file that will never change again (an upload spooled to disk) can go into a local store on the
-same filesystem as a hardlink: its bytes are not copied at all.
+same filesystem as a hardlink, and a reader that never writes (a worker's cache) can get one out:
+the bytes are not copied at all.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class ArtifactStore:
         if self._local:
             self.fs.makedirs(parent, exist_ok=True)
         try:
-            if not (link and self._local and _hardlink(Path(local_path), Path(partial))):
+            # Spooled uploads are private (0600); a copy would get the usual 0644, and workers
+            # running as another user of the same volume must be able to read the stored file.
+            if not (link and self._local and _hardlink(Path(local_path), Path(partial), 0o644)):
                 self.fs.put_file(str(local_path), partial)
             self.fs.mv(partial, final)
         except BaseException:
@@ -68,13 +71,18 @@ class ArtifactStore:
         self.fs.pipe_file(partial, data)
         self.fs.mv(partial, final)
 
-    def get_file(self, key: str, local_path: str | Path) -> None:
-        """Download ``key`` to ``local_path`` (through a temporary name beside it)."""
+    def get_file(self, key: str, local_path: str | Path, *, link: bool = False) -> None:
+        """Download ``key`` to ``local_path`` (through a temporary name beside it).
+
+        ``link``: the caller only reads ``local_path`` (or deletes it), so a local store on the
+        same filesystem hands out a hardlink instead of a copy; elsewhere the bytes are copied.
+        """
         target = Path(local_path)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
-            self.fs.get_file(self._path(key), str(partial))
+            if not (link and self._local and _hardlink(Path(self._path(key)), partial)):
+                self.fs.get_file(self._path(key), str(partial))
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
@@ -114,15 +122,14 @@ class ArtifactStore:
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-def _hardlink(source: Path, target: Path) -> bool:
-    """Hardlink ``source`` at ``target``, readable as a copied file would be; False if impossible."""
+def _hardlink(source: Path, target: Path, mode: int | None = None) -> bool:
+    """Hardlink ``source`` at ``target`` (then chmod it to ``mode``); False if it cannot be linked."""
     try:
         os.link(source, target)
     except OSError as exc:
         if exc.errno in _NO_LINK:
             return False
         raise
-    # Spooled uploads are private (0600); a copy would get the usual 0644, and workers running
-    # as another user of the same volume must be able to read it.
-    os.chmod(target, 0o644)
+    if mode is not None:
+        os.chmod(target, mode)
     return True

@@ -12,7 +12,9 @@ came with. Before each task the directory holds exactly the checkpoints that tas
 first one gives θ₀) and the log the task is given, nothing else; a process runs one task at a
 time. Downloaded
 probe files are checked against the content hash the service computed when it validated the
-probe: a probe runs here only if it is byte for byte what the validator accepted.
+probe: a probe runs here only if it is byte for byte what the validator accepted. Files are
+only read here, so a local store on the same filesystem hands them out as hardlinks (no copy of
+a gigabyte checkpoint per worker); any other store streams them to disk, never into memory.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class RunDirectories:
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         for name in BUNDLE_MEMBERS:
-            self.store.get_file(f"{probe.store_prefix}/{name}", staging / name)
+            self.store.get_file(f"{probe.store_prefix}/{name}", staging / name, link=True)
         digest = probe_content_hash(staging)
         if digest != probe.content_hash:
             shutil.rmtree(staging)
@@ -129,7 +131,7 @@ class RunDirectories:
     def _blob(self, key: str, sha256: str, suffix: str) -> Path:
         blob = self.root / "blobs" / f"{sha256}{suffix}"
         if not blob.exists():
-            self.store.get_file(key, blob)
+            self.store.get_file(key, blob, link=True)
             if _sha256(blob) != sha256:
                 blob.unlink()
                 raise ProbeError(
