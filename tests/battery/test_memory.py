@@ -49,6 +49,15 @@ def test_unbounded_plan_is_the_preferred_one() -> None:
     assert plan.estimate_bytes == 4000 * (FIXED_VECTORS + 24 + 2 * 8)
 
 
+def test_large_models_hold_per_batch_gradients_in_chunks_by_default() -> None:
+    # 256 MiB of per-batch gradients by default: two of a 25M float32 model, one of 124M.
+    for params, chunk in ((25_000_000, 2), (124_000_000, 1), (10_000_000, 6)):
+        plan = plan_memory(
+            num_parameters=params, dtype=torch.float32, num_batches=8, budget_bytes=None
+        )
+        assert plan.batch_gradient_chunk == chunk, params
+
+
 def test_tight_budget_chunks_gradients_first_then_shrinks_the_basis() -> None:
     vb = 8000  # 1000 float64 parameters
     roomy = plan_memory(

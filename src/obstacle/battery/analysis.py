@@ -103,7 +103,7 @@ class _Session:
         if not self.paths:
             checkpoint_steps(self.run_dir)
         first = min(self.paths)
-        self.theta0 = self.engine.flatten(self.load(first).state)
+        self.theta0 = self.theta(first)[1]
 
     def load(self, step: int) -> Checkpoint:
         if step not in self.paths:
@@ -113,8 +113,11 @@ class _Session:
         return load_checkpoint(self.paths[step], self.probe.manifest)
 
     def theta(self, step: int) -> tuple[Checkpoint, torch.Tensor]:
+        """The checkpoint (its state dict dropped once flattened: θ holds it) and θ."""
         ck = self.load(step)
-        return ck, self.engine.flatten(ck.state)
+        theta = self.engine.flatten(ck.state)
+        ck.state = {}
+        return ck, theta
 
 
 class _Thetas(Sequence[torch.Tensor]):

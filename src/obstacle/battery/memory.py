@@ -10,8 +10,8 @@ the sequence length. Counted in vectors of the model's size in the analysis dtyp
 - **per-batch gradients**: ``2 × batch_gradient_chunk`` (a chunk, and the optimizer steps made
   from it or a second chunk of the Gram matrix); all K only when they fit.
 
-``plan_memory`` starts from the preferred plan (24 Lanczos vectors, all K gradients at once)
-and, over the budget, first takes the gradients in smaller chunks (more gradient passes), then
+``plan_memory`` starts from the preferred plan (24 Lanczos vectors, all K gradients at once up
+to :data:`DEFAULT_BATCH_GRADIENT_BYTES`) and, over the budget, first takes the gradients in smaller chunks (more gradient passes), then
 shrinks the basis to :data:`MIN_PLANNED_VECTORS` (more HVPs). If even that does not fit it raises
 :class:`MemoryBudgetError` before any work, saying what to lower. Activations of the probe
 batches and the process itself (Python, torch: a few hundred MB) come on top; the estimate is
@@ -31,6 +31,7 @@ from obstacle.battery.lanczos import DEFAULT_MAX_VECTORS
 from obstacle.errors import MemoryBudgetError, ParameterError
 
 __all__ = [
+    "DEFAULT_BATCH_GRADIENT_BYTES",
     "FIXED_VECTORS",
     "MIN_PLANNED_VECTORS",
     "MemoryPlan",
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 FIXED_VECTORS = 12
+# Per-batch gradients held at once by default, in bytes: all K for models up to 32 MB per vector
+# (K = 8), two of a 25M-parameter float32 model, one of a 124M one. Over it the Gram matrix is
+# built chunk by chunk (more gradient passes, a few % of a checkpoint's time beside Lanczos).
+DEFAULT_BATCH_GRADIENT_BYTES = 256 * 2**20
 # Fewer kept vectors than this: restarts cost 2× the HVPs or more, and a dense end can be
 # mistaken for its neighbour (measured on bench/lanczos_restart.py's models at 10 and 16).
 MIN_PLANNED_VECTORS = 16
@@ -115,7 +120,8 @@ def plan_memory(
 ) -> MemoryPlan:
     """The largest plan within ``budget_bytes`` (None: no limit); raises if none fits."""
     vector_bytes = num_parameters * torch.empty(0, dtype=dtype).element_size()
-    vectors, chunk = max_vectors, num_batches
+    vectors = max_vectors
+    chunk = max(1, min(num_batches, DEFAULT_BATCH_GRADIENT_BYTES // max(vector_bytes, 1)))
     if budget_bytes is not None:
         while _estimate(vector_bytes, vectors, chunk) > budget_bytes and chunk > 1:
             chunk = math.ceil(chunk / 2)

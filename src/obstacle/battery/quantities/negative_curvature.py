@@ -173,7 +173,7 @@ class NegativeCurvature(Quantity):
             verify=self.verify,
         )
         if math.isfinite(result.lambda_min):
-            ctx.carry["ritz_vectors"] = [v.detach().clone() for v in result.ritz_vectors]
+            ctx.carry["ritz_vectors"] = [_warm_start(result.ritz_vectors)]
         record.update(_lanczos_fields(result, tol))
         _mark_unresolved(record, result, ctx.theta.dtype)
         if math.isfinite(result.lambda_min):
@@ -248,6 +248,16 @@ class NegativeCurvature(Quantity):
             "residual": finite(result.residual_max),
             "iterations": result.iterations,
         }
+
+
+def _warm_start(vectors: list[Tensor]) -> Tensor:
+    """One vector for the next checkpoint's start: the sum of the unit Ritz vectors, which is
+    all that :func:`obstacle.battery.lanczos.start_vector` uses of them (one vector carried
+    instead of two)."""
+    total = torch.zeros_like(vectors[0])
+    for v in vectors:
+        total += v / torch.linalg.vector_norm(v)
+    return total
 
 
 def _mark_unresolved(record: Record, result: LanczosResult, dtype: torch.dtype) -> None:
