@@ -12,13 +12,12 @@ MLP). Not a test: run it and read it.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _floor import unit_costs
 from _machine import describe_machine
 from torch import nn
 from torch.nn import functional as F
@@ -56,16 +55,6 @@ def build_run(run_dir: Path, hidden: int, checkpoints: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def unit_time(fn: Callable[[], object], repeats: int = 25) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -91,21 +80,8 @@ def main() -> None:
 
     # Unit costs of one single-batch pass, measured on this model in this run.
     _, theta = session.theta(steps[-1])
-    op = engine.hessian_operator(theta, 0)
-    v = torch.randn_like(theta)
-    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
-
-    def timed(fn: Callable[[], object]) -> Callable[[], None]:
-        def run() -> None:
-            fn()
-            sync()
-
-        return run
-
-    t_loss = unit_time(timed(lambda: engine.loss(theta, 0)))
-    t_grad = unit_time(timed(lambda: engine.loss_and_grad(theta, 0)))
-    t_hvp = unit_time(timed(lambda: op(v)))
-    t_hvp_fresh = unit_time(timed(lambda: engine.hessian_operator(theta, 0)(v)))
+    units = unit_costs(engine, theta)
+    t_loss, t_grad, t_hvp, t_hvp_fresh = units.loss, units.grad, units.hvp, units.hvp_fresh
     print(
         f"unit costs per batch: loss {t_loss * 1e3:.2f} ms, gradient {t_grad * 1e3:.2f} ms, "
         f"HVP {t_hvp * 1e3:.2f} ms reusing the graph ({t_hvp_fresh * 1e3:.2f} ms building it each time)"
@@ -121,10 +97,11 @@ def main() -> None:
     carry: dict[str, object] = {}
     for step in steps:
         _run_checkpoint(session, step, carry)
-    sync()
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
     wall = time.perf_counter() - start
     used = engine.cost - before
-    floor = used.loss_batches * t_loss + used.grad_batches * t_grad + used.hvp_batches * t_hvp
+    floor = units.floor(used)
     print(
         f"per-checkpoint battery: {wall:.2f} s wall for {used.loss_batches} loss, {used.grad_batches} gradient "
         f"and {used.hvp_batches} HVP single-batch passes"
