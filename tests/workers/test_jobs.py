@@ -230,5 +230,5 @@ def test_worker_memory_budget_setting_is_validated() -> None:
     from obstacle.workers.settings import WorkerSettings
 
     assert WorkerSettings(memory_budget="20GiB").memory_budget == "20GiB"
-    with pytest.raises(ValueError, match="OBSTACLE_MEMORY_BUDGET.*must be a size such as 8GiB"):
+    with pytest.raises(ValueError, match=r"OBSTACLE_MEMORY_BUDGET.*must be a size such as 8GiB"):
         WorkerSettings(memory_budget="lots")

@@ -421,6 +421,7 @@ def analyze(
         if progress:
             progress("checkpoint", i, len(steps))
         records.append(analyzer.record(step))
+    del analyzer  # its θ₀ and warm-start vectors: the run-level tests bind their own
     if progress:
         progress("checkpoint", len(steps), len(steps))
         progress("run", 0, 1)
