@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import torch
 from _machine import describe_machine
+from _service import serve
 from torch import nn
 
 import obstacle
 from obstacle.client import Client
 
 CHECKPOINTS = 50
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from obstacle.cli import main; main()", *args]
 
 
 def _model(hidden: int) -> nn.Module:
@@ -78,36 +71,6 @@ def _copy_only(step: int, model: nn.Module, opt: torch.optim.Optimizer, loss: fl
     }
 
 
-def _serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {**os.environ, "OBSTACLE_DATA_DIR": str(data_dir)}
-    token = subprocess.run(
-        _cli("token", "create", "--project", "bench"),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (data_dir / "serve.log").open("wb")
-    process = subprocess.Popen(
-        _cli("serve", "--port", str(port)), env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    _pin_apart(process.pid)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return process, url, token
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise SystemExit(f"the service did not start; see {data_dir / 'serve.log'}")
-
-
 def _pin_apart(server_pid: int) -> None:
     """With two or more cores, the service (and its children) on the last, training on the rest.
 
@@ -133,7 +96,7 @@ def main() -> None:
     print(f"model: MLP with {params} parameters; {args.steps} steps; {CHECKPOINTS} checkpoints")
 
     with tempfile.TemporaryDirectory(prefix="obstacle-bench-") as tmp:
-        process, url, token = _serve(Path(tmp))
+        process, url, token = serve(Path(tmp), on_start=_pin_apart)
         try:
             train(min(args.steps, 100), args.hidden, _copy_only)  # warm up
             copy_s = train(args.steps, args.hidden, _copy_only)

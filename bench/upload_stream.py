@@ -18,18 +18,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import httpx
 import torch
 from _machine import describe_machine
+from _service import serve
 from torch import nn
 
 import obstacle
@@ -39,10 +36,6 @@ from obstacle.client import Client, FileBody
 COLUMNS = 8192  # the weight is [rows, COLUMNS] float32
 MB = 1e6
 MiB = 1 << 20
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from obstacle.cli import main; main()", *args]
 
 
 def _probe(rows: int) -> obstacle.Probe:
@@ -77,40 +70,6 @@ def write_checkpoint(path: Path, rows: int, *, step: int, lr: float) -> int:
         while left:
             left -= handle.write(pattern[: min(len(pattern), left)])
     return path.stat().st_size
-
-
-def _serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {**os.environ, "OBSTACLE_DATA_DIR": str(data_dir)}
-    token = subprocess.run(
-        _cli("token", "create", "--project", "bench"),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (data_dir / "serve.log").open("wb")
-    process = subprocess.Popen(
-        _cli("serve", "--port", str(port)), env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        process.terminate()
-        raise SystemExit(f"the service did not start; see {data_dir / 'serve.log'}")
-    # The embedded worker imports torch as it starts: let it settle before anything is timed.
-    while time.monotonic() < deadline and "ready." not in (data_dir / "serve.log").read_text():
-        time.sleep(0.3)
-    return process, url, token
 
 
 def _status_kib(pid: int | str, field: str) -> int:
@@ -184,7 +143,7 @@ def main() -> None:
         scratch = Path(tmp)
         print(f"disk: {shutil.disk_usage(scratch).free / 1e9:.0f} GB free under {scratch}")
         probe = _probe(rows)
-        process, url, token = _serve(scratch)
+        process, url, token = serve(scratch, wait_for_worker=True)
         try:
             with Client(url, token, timeout=300) as client:
                 run = client.create_run("bench-upload", probe=probe)
