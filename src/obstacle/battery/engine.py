@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,9 +344,6 @@ class HessianOperator:
         self.engine.cost.hvp_batches += self.passes
         return hv.detach()
 
-    def as_function(self) -> Callable[[Tensor], Tensor]:
-        return self.__call__
-
 
 def _model_buffers(program: torch.export.ExportedProgram) -> dict[str, Tensor]:
     out = {}
@@ -388,8 +385,3 @@ def _input_plan(
 
 def _to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     return tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in batch)
-
-
-def engine_for(probe: Probe, **kwargs: Any) -> LossEngine:
-    """Shorthand for :meth:`LossEngine.create`."""
-    return LossEngine.create(probe, **kwargs)
