@@ -4,7 +4,7 @@ RUN_DIR/
   probe/manifest.json           names, shapes, dtypes, batch size, versions, content hash
   probe/program.pt2             the model and its loss as one torch.export program
   probe/data.safetensors        K training minibatches (+ an optional validation batch)
-  checkpoints/step_000000100.safetensors        weights; step, lr, train_loss in the header
+  checkpoints/step_000000100.safetensors        weights; step, lr, train_loss, batch_size in the header
   checkpoints/step_000000100.optim.safetensors  optimizer class, hyperparameters and state
   train_log.jsonl               optional {step, lr, loss} lines of logged minibatch losses
 """
@@ -12,7 +12,10 @@ RUN_DIR/
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+
+from obstacle.errors import CheckpointError
 
 PROBE_DIR = "probe"
 PROBE_MANIFEST = "manifest.json"
@@ -54,3 +57,20 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         if match and int(match.group(1)) not in found:
             found[int(match.group(1))] = path
     return sorted(found.items())
+
+
+def header_batch_size(metadata: Mapping[str, str], name: str) -> int | None:
+    """The run's batch size from a checkpoint header's ``batch_size`` entry (None when absent).
+
+    A positive decimal integer of at most 12 digits; anything else is a CheckpointError.
+    """
+    if "batch_size" not in metadata:
+        return None
+    text = metadata["batch_size"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 12 and int(text) > 0):
+        raise CheckpointError(
+            f"{name}: the header's 'batch_size' must be a positive integer (examples per optimizer "
+            f"step); got {text[:40]!r}. Save the checkpoint again with "
+            "obstacle.save_checkpoint(..., batch_size=N)."
+        )
+    return int(text)

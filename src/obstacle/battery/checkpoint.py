@@ -26,6 +26,7 @@ from obstacle.artifacts.layout import (
     CHECKPOINT_DIR,
     TRAIN_LOG,
     checkpoint_filename,
+    header_batch_size,
     optimizer_filename,
 )
 from obstacle.artifacts.manifest import ProbeManifest
@@ -56,6 +57,9 @@ class Checkpoint:
     state: dict[str, torch.Tensor]
     optimizer: OptimizerState | None = None
     path: Path | None = None
+    batch_size: int | None = None
+    """Examples per optimizer step in the run (all devices and accumulation steps together),
+    when the run said so: gradient noise is judged at this batch size, not the probe's."""
 
 
 def save_checkpoint(
@@ -66,16 +70,17 @@ def save_checkpoint(
     lr: float,
     train_loss: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    batch_size: int | None = None,
 ) -> Path:
     """Write ``RUN_DIR/checkpoints/step_<NNNNNNNNN>.safetensors`` (and the optimizer state).
 
     ``optimizer`` needs the model (not a bare state dict) to name its parameters.
+    ``batch_size`` is the run's own batch: examples per optimizer step, summed over devices and
+    gradient-accumulation steps. Gradient noise is judged at it; without it, at the probe's batch.
     Files are written to a temporary name and renamed, so a crash leaves no partial checkpoint.
     """
-    step = check_int("step", step, low=0)
-    lr = check_float("lr", lr, low=0.0)
-    if train_loss is not None and not isinstance(train_loss, bool):
-        train_loss = float(train_loss)  # non-finite losses are evidence (divergence), keep them
+    metadata = checkpoint_header(step=step, lr=lr, train_loss=train_loss, batch_size=batch_size)
+    step = int(metadata["step"])
     directory = Path(run_dir) / CHECKPOINT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(model_or_state_dict, nn.Module):
@@ -87,9 +92,6 @@ def save_checkpoint(
             f"save_checkpoint needs an nn.Module or a state dict; got {type(model_or_state_dict).__name__}."
         )
     tensors = {k: snapshot_tensor(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    metadata = {"format": CHECKPOINT_FORMAT, "step": str(step), "lr": repr(lr)}
-    if train_loss is not None:
-        metadata["train_loss"] = repr(train_loss)
     if optimizer is not None:
         if not isinstance(model_or_state_dict, nn.Module):
             raise CheckpointError(
@@ -113,6 +115,26 @@ def save_checkpoint(
     path = directory / checkpoint_filename(step)
     _atomic_save(tensors, metadata, path)
     return path
+
+
+def checkpoint_header(
+    *, step: int, lr: float, train_loss: float | None, batch_size: int | None
+) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of a checkpoint: format, step, lr, train loss, batch size.
+
+    The one place it is written, for ``save_checkpoint`` and the SDK's uploads alike.
+    """
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "step": str(check_int("step", step, low=0)),
+        "lr": repr(check_float("lr", lr, low=0.0)),
+    }
+    if train_loss is not None and not isinstance(train_loss, bool):
+        # Non-finite losses are evidence (divergence): keep them.
+        metadata["train_loss"] = repr(float(train_loss))
+    if batch_size is not None:
+        metadata["batch_size"] = str(check_int("batch_size", batch_size, low=1))
+    return metadata
 
 
 def append_train_log(run_dir: str | Path, *, step: int, lr: float, loss: float) -> None:
@@ -142,6 +164,7 @@ def load_checkpoint(path: str | Path, manifest: ProbeManifest | None = None) -> 
             "Write checkpoints with obstacle.save_checkpoint(run_dir, model, step=..., lr=...)."
         ) from None
     train_loss = float(meta["train_loss"]) if "train_loss" in meta else None
+    batch_size = header_batch_size(meta, str(p))
     try:
         state = load_file(str(p))
     except SafetensorError as exc:
@@ -152,7 +175,13 @@ def load_checkpoint(path: str | Path, manifest: ProbeManifest | None = None) -> 
     if "optimizer" in meta:
         optimizer = _load_optimizer(p.with_name(optimizer_filename(step)), meta["optimizer"])
     return Checkpoint(
-        step=step, lr=lr, train_loss=train_loss, state=state, optimizer=optimizer, path=p
+        step=step,
+        lr=lr,
+        train_loss=train_loss,
+        state=state,
+        optimizer=optimizer,
+        path=p,
+        batch_size=batch_size,
     )
 
 

@@ -116,8 +116,12 @@ class Run:
         lr: float,
         train_loss: float | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        batch_size: int | None = None,
     ) -> None:
         """Snapshot ``model`` (and ``optimizer``) at ``step`` now; upload it in the background.
+
+        ``batch_size``: the run's examples per optimizer step (over devices and accumulation);
+        gradient noise is judged at it.
 
         Returns once the copy is taken. Blocks while ``queue_size`` snapshots wait for upload.
         Raises the error of an earlier failed upload (later snapshots are not sent after one).
@@ -130,7 +134,9 @@ class Run:
                 f"run {self.id} has no probe yet; the service checks checkpoints against it. Pass "
                 "probe= to client.create_run, or call run.upload_probe(...) first."
             )
-        snapshot = _snapshot(step, model, lr=lr, train_loss=train_loss, optimizer=optimizer)
+        snapshot = _snapshot(
+            step, model, lr=lr, train_loss=train_loss, optimizer=optimizer, batch_size=batch_size
+        )
         self._ensure_thread()
         self._queue.put(snapshot)
 
@@ -237,21 +243,21 @@ def _snapshot(
     lr: float,
     train_loss: float | None,
     optimizer: torch.optim.Optimizer | None,
+    batch_size: int | None = None,
 ) -> _Snapshot:
     import json
 
     import torch
 
-    from obstacle._validation import check_float, check_int
     from obstacle.battery.checkpoint import (
-        CHECKPOINT_FORMAT,
         OPTIMIZER_FORMAT,
+        checkpoint_header,
         optimizer_state,
         snapshot_tensor,
     )
 
-    step = check_int("step", step, low=0)
-    lr = check_float("lr", lr, low=0.0)
+    metadata = checkpoint_header(step=step, lr=lr, train_loss=train_loss, batch_size=batch_size)
+    step, lr = int(metadata["step"]), float(metadata["lr"])
     if not isinstance(model, torch.nn.Module):
         raise InputError(
             f"log_checkpoint needs the nn.Module being trained; got {type(model).__name__}."
@@ -260,9 +266,6 @@ def _snapshot(
     tensors = {
         k: snapshot_tensor(v) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)
     }
-    metadata = {"format": CHECKPOINT_FORMAT, "step": str(step), "lr": repr(lr)}
-    if train_loss is not None:
-        metadata["train_loss"] = repr(float(train_loss))
     optimizer_tensors = optimizer_metadata = None
     if optimizer is not None:
         state = optimizer_state(model, optimizer)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from obstacle._validation import check_float
 from obstacle.artifacts.bundle import BUNDLE_MEMBERS, nonfinite_tensors, unpack_probe_bundle
-from obstacle.artifacts.layout import PROBE_DIR
+from obstacle.artifacts.layout import PROBE_DIR, header_batch_size
 from obstacle.artifacts.manifest import ProbeManifest
 from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header_bytes
 from obstacle.errors import CheckpointError
@@ -288,6 +288,7 @@ def checkpoint_metadata(
         )
     chosen_lr = check_float("lr", chosen_lr, low=0.0)
     chosen_loss = _agree("train_loss", _number(metadata, "train_loss", name), train_loss, name)
+    header_batch_size(metadata, name)  # the worker reads it; refuse a bad one here, not there
     optimizer_class = None
     if "optimizer" in metadata:
         try:
