@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,7 +100,6 @@ def run_analysis(
     dtype: str,
     thresholds: dict[str, float],
     progress: bool,
-    name: str | None = None,
     memory_budget: str | None = None,
 ) -> dict[str, Any]:
     import torch
@@ -106,8 +107,7 @@ def run_analysis(
     from obstacle.battery.analysis import analyze
 
     torch.set_num_threads(1)  # one intra-op thread: measured 30× collapses with 2 under load
-    bar = _progress_bar(progress, f"analysing {name or run_dir.name}")
-    try:
+    with _progress_bar(progress, f"analysing {run_dir.name}") as bar:
         return analyze(
             run_dir,
             preset=preset,
@@ -116,12 +116,8 @@ def run_analysis(
             dtype=dtype,
             thresholds=thresholds or None,
             progress=bar,
-            name=name,
             memory_budget=memory_budget,
         )
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 class _Bar:
@@ -143,8 +139,15 @@ class _Bar:
         self._tqdm.close()
 
 
-def _progress_bar(enabled: bool, label: str) -> _Bar | None:
-    return _Bar(label) if enabled and sys.stderr.isatty() else None
+@contextmanager
+def _progress_bar(enabled: bool, label: str) -> Iterator[_Bar | None]:
+    """A progress bar on stderr when asked for and stderr is a terminal, closed on the way out."""
+    bar = _Bar(label) if enabled and sys.stderr.isatty() else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -222,10 +225,26 @@ def demo_command(
     One run is healthy (an MLP on scikit-learn's digits), one is stuck at a saddle point (a deep
     linear network from a tiny initialisation), one diverges (too large a learning rate).
     """
-    from obstacle.battery.demo import run_demo
+    from obstacle.battery.demo import DEMOS, run_demo
 
-    try:
-        run_demo(out, progress=progress)
-    except ObstacleError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    verdicts = []
+    for name in DEMOS:
+        if progress and sys.stderr.isatty():
+            typer.echo(f"training {name} …", err=True)
+        try:
+            with _progress_bar(progress, f"analysing {name}") as bar:
+                run = run_demo(name, out, progress=bar)
+        except ObstacleError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        typer.echo(format_summary(run.report))
+        write_outputs(run.report, json_out=out / f"{name}.json", html_out=None)
+        try:
+            write_outputs(run.report, json_out=None, html_out=out / f"{name}.html")
+        except ImportError as exc:  # the report's drawing libraries are missing: JSON only
+            typer.echo(
+                f"no HTML report ({exc}): pip install 'obstacle-detector[battery]'", err=True
+            )
+        typer.echo("")
+        verdicts.append(f"{name} → {run.verdict}")
+    typer.echo("Verdicts: " + ", ".join(verdicts))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import sys
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 import obstacle
+from obstacle.battery.analysis import Progress, analyze
 from obstacle.battery.checkpoint import append_train_log
+from obstacle.errors import InputError
 
 
 def _digits() -> tuple[Tensor, Tensor]:
@@ -104,41 +108,35 @@ DEMOS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def run_demo(out: Path, *, progress: bool = True) -> dict[str, str]:
-    """Train, analyse and report each demo run under ``out``; returns run name → primary label."""
-    import typer
+@dataclass(frozen=True)
+class DemoRun:
+    """One demo run, trained and analysed: what ``obstacle demo`` shows and writes."""
 
-    from obstacle.battery.commands import format_summary, run_analysis, write_outputs
+    name: str
+    run_dir: Path  # the probe and checkpoints, as a user's training script leaves them
+    report: dict[str, Any]  # the battery's report (schema obstacle.report/1)
 
-    torch.set_num_threads(1)
-    out.mkdir(parents=True, exist_ok=True)
-    verdicts = {}
-    for name, build in DEMOS.items():
-        run_dir = out / name
-        if run_dir.exists():
-            import shutil
+    @property
+    def verdict(self) -> str:
+        """The obstacle the verdict names first (``healthy`` when none)."""
+        return str(self.report["verdict"]["primary"])
 
-            shutil.rmtree(run_dir)
-        if progress and sys.stderr.isatty():
-            print(f"training {name} …", file=sys.stderr)
-        build(run_dir)
-        report = run_analysis(
-            run_dir,
-            target_loss=None,
-            preset="standard",
-            device="cpu",
-            dtype="float64",
-            thresholds={},
-            progress=progress,
-            name=name,
-        )
-        typer.echo(format_summary(report))
-        html = out / f"{name}.html"
-        try:
-            write_outputs(report, json_out=out / f"{name}.json", html_out=html)
-        except ImportError:
-            write_outputs(report, json_out=out / f"{name}.json", html_out=None)
-        typer.echo("")
-        verdicts[name] = report["verdict"]["primary"]
-    typer.echo("Verdicts: " + ", ".join(f"{k} → {v}" for k, v in verdicts.items()))
-    return verdicts
+
+def run_demo(name: str, out: Path, *, progress: Progress | None = None) -> DemoRun:
+    """Train the demo run ``name`` into ``out/name`` (replacing an earlier one) and analyse it.
+
+    The analysis is the standard preset in float64 on the CPU, as ``obstacle analyze`` would run
+    it; ``progress`` receives the battery's progress calls.
+    """
+    build = DEMOS.get(name)
+    if build is None:
+        raise InputError(f"Unknown demo run {name!r}: choose one of {', '.join(DEMOS)}.")
+    torch.set_num_threads(1)  # as `obstacle analyze` does: small models, one intra-op thread
+    run_dir = out / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    build(run_dir)
+    report = analyze(
+        run_dir, preset="standard", device="cpu", dtype="float64", progress=progress, name=name
+    )
+    return DemoRun(name=name, run_dir=run_dir, report=report)
