@@ -30,7 +30,7 @@ from obstacle.artifacts._json import (
     _JsonChecker,
 )
 from obstacle.artifacts._zip import _RECAPTURE, _ZipContainer
-from obstacle.artifacts.allowed_ops import ALLOWED_OPERATORS
+from obstacle.artifacts.allowed_ops import why_refused
 
 _MAX_GUARDS = 1000
 _SCHEMA_MAJOR = 8
@@ -61,7 +61,9 @@ _OUTPUT_SPECS = frozenset(
 _METADATA_KEYS = frozenset(
     {"stack_trace", "nn_module_stack", "torch_fn", "from_node", "custom", "source_fn_stack"}
 )
-_MODULE_KEY = re.compile(r"[A-Za-z0-9_.]{1,1024}\Z")
+# A module called more than once (a cell in a Python loop, a shared layer) gets "@<call index>"
+# on its key; torch's unflatten only splits it off and int()s the index.
+_MODULE_KEY = re.compile(r"[A-Za-z0-9_.]{1,1024}(?:@[0-9]{1,6})?\Z")
 _SOURCE_FN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*,[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\Z")
 _TREESPEC_TYPES = frozenset(
     {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
@@ -229,8 +231,9 @@ class _ProgramChecker(_JsonChecker):
             frozenset({"is_hop_single_tensor_return", "name"}),
         )
         target = self.string(fields["target"], f"{where}.target")
-        if target not in ALLOWED_OPERATORS:
-            self.fail(f"{where}.target", _why_operator(target), _OPERATOR_FIX)
+        refusal = why_refused(target)
+        if refusal is not None:
+            self.fail(f"{where}.target", refusal, _OPERATOR_FIX)
         self.operators.add(target)
         self.node_count += 1
         if fields.get("name") is not None:
@@ -495,30 +498,6 @@ _OPERATOR_FIX = (
     f"{_RECAPTURE} (it runs run_decompositions()), and if a model genuinely needs another pure "
     "operator, ask for it to be added to the allow-list"
 )
-
-
-def _why_operator(target: str) -> str:
-    shown = repr(target[:120])
-    if target.startswith("torch.ops.higher_order."):
-        return (
-            f"calls the higher-order operator {shown}; higher-order operators carry subgraphs or "
-            "wrap arbitrary operators and are not allowed"
-        )
-    if target.startswith("torch.ops.aten."):
-        return (
-            f"calls {shown}, which is not in the allow-list of pure ATen operators (operators with "
-            "file, network, process, storage or uninitialised-memory effects are excluded)"
-        )
-    if target.startswith("torch.ops."):
-        namespace = target.split(".")[2]
-        return (
-            f"calls {shown} from the operator namespace {namespace[:40]!r}; only torch.ops.aten "
-            "(and Python shape arithmetic) is allowed"
-        )
-    return (
-        f"calls {shown}, which is not an ATen operator; torch would resolve it by attribute "
-        "lookup from torch, operator or math and call whatever it finds"
-    )
 
 
 _FORBIDDEN_ARGUMENTS = {

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from obstacle._validation import check_choice, check_int
 from obstacle.battery.probe import _MODEL_PREFIX, Batch, Probe
+from obstacle.battery.program_dtype import cast_graph, run_graph
 from obstacle.errors import CheckpointError, DeviceError
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -126,7 +127,8 @@ class LossEngine:
             probe=probe,
             device=dev,
             dtype=dt,
-            graph=probe.program.graph_module,
+            # tensors the graph creates itself follow dt and dev too (GRU/LSTM initial states)
+            graph=cast_graph(probe.program.graph_module, dt, dev),
             inputs=_input_plan(probe.program, dev, dt),
             names=names,
             shapes=shapes,
@@ -200,7 +202,7 @@ class LossEngine:
                 args.append(value)
             else:
                 args.append(next(user))
-        out = self.graph(*args)
+        out = run_graph(self.graph, args, probe=self.probe.manifest.model_class)
         return out[0] if isinstance(out, tuple | list) else out  # type: ignore[no-any-return]
 
     def _batch(self, index: int | str) -> Batch:

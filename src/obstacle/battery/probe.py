@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import obstacle
+from obstacle.artifacts.allowed_ops import why_refused
+from obstacle.artifacts.archive import validate_program_archive
 from obstacle.artifacts.bundle import probe_content_hash
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_DIR, PROBE_MANIFEST, PROBE_PROGRAM
 from obstacle.artifacts.manifest import InputSpec, ProbeManifest, TensorSpec, read_manifest
@@ -72,6 +75,8 @@ class Probe:
         of tensors sharing their first (batch) dimension; all K must have the same batch size.
         ``validation`` is one optional batch of the same structure. The model is traced in eval
         mode (dropout off, batch-norm running statistics) and restored to its mode afterwards.
+        An operator the service would refuse (``obstacle.artifacts.allowed_ops``) is refused
+        here, with a ``ProbeError`` naming it, why, and the layer that called it.
         """
         probe_batches = _check_batches(batches)
         val = (
@@ -89,7 +94,11 @@ class Probe:
         return cls(program=program, batches=probe_batches, validation=val, manifest=manifest)
 
     def save(self, run_dir: str | Path) -> Path:
-        """Write ``RUN_DIR/probe/{manifest.json, program.pt2, data.safetensors}`` atomically."""
+        """Write ``RUN_DIR/probe/{manifest.json, program.pt2, data.safetensors}`` atomically.
+
+        The program archive passes the service's validator first (``UnsafeArchiveError``
+        otherwise), so what is saved is what the service and ``obstacle analyze`` accept.
+        """
         run = Path(run_dir)
         run.mkdir(parents=True, exist_ok=True)
         final = run / PROBE_DIR
@@ -99,6 +108,8 @@ class Probe:
             # Sample inputs would be pickled into the archive; the validator rejects any pickle.
             self.program._example_inputs = None
             torch.export.save(self.program, program_path)
+            # The service's whole validator, so a probe it would refuse is never saved.
+            validate_program_archive(program_path)
             save_file(_data_tensors(self.batches, self.validation), str(staging / PROBE_DATA))
             digest = content_hash(staging)
             self.manifest = self.manifest.model_copy(update={"content_hash": digest})
@@ -257,6 +268,7 @@ def _export(model: nn.Module, loss_fn: LossFn, batch: Batch) -> torch.export.Exp
             program = program.run_decompositions(_decompositions())
     finally:
         model.train(was_training)
+    _check_operators(program)
     loss = program.module()(*batch)
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -292,7 +304,99 @@ def _decompositions() -> dict[Any, Callable[..., Any]]:
             ]
         )
     )
+    # Uninitialised allocations are refused by the allow-list (stale memory); torch itself uses
+    # them where every element is written afterwards (circular padding, empty_like in
+    # HingeEmbeddingLoss), so they are lowered to zero-filled tensors with the same values.
+    table.update(
+        {
+            aten.empty.memory_format: _zeros_for_empty,
+            aten.empty_permuted.default: _zeros_for_empty,
+            aten.empty_strided.default: _zeros_for_empty,
+            aten.new_empty.default: _new_zeros_for_empty,
+            aten.new_empty_strided.default: _new_zeros_for_empty,
+        }
+    )
     return table
+
+
+def _zeros_for_empty(
+    size: Sequence[Any],
+    *_layout: Any,
+    dtype: torch.dtype | None = None,
+    layout: torch.layout | None = None,
+    device: torch.device | None = None,
+    pin_memory: bool | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> torch.Tensor:
+    """``empty``/``empty_permuted``/``empty_strided`` as a zero-filled ``full`` (same values)."""
+    zeros: torch.Tensor = torch.ops.aten.full.default(
+        size, 0, dtype=dtype, layout=layout, device=device, pin_memory=pin_memory
+    )
+    return zeros
+
+
+def _new_zeros_for_empty(
+    self: torch.Tensor,
+    size: Sequence[Any],
+    *_stride: Any,
+    dtype: torch.dtype | None = None,
+    layout: torch.layout | None = None,
+    device: torch.device | None = None,
+    pin_memory: bool | None = None,
+) -> torch.Tensor:
+    """``new_empty``/``new_empty_strided`` as a zero-filled ``full`` in ``self``'s dtype/device."""
+    zeros: torch.Tensor = torch.ops.aten.full.default(
+        size,
+        0,
+        dtype=dtype or self.dtype,
+        layout=layout,
+        device=device or self.device,
+        pin_memory=pin_memory,
+    )
+    return zeros
+
+
+def _check_operators(program: torch.export.ExportedProgram) -> None:
+    """Refuse at capture what the service would refuse at upload: the same rule, ``why_refused``."""
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue  # torch.export.save writes getitem into its producer, not as a node
+        refusal = why_refused(_serialized_target(node.target))
+        if refusal is not None:
+            wrapped = [a for a in node.args if isinstance(a, torch._ops.OpOverload)]
+            if wrapped:  # with_effects and its kin wrap the operator that has the effect
+                refusal += f" (here it wraps {_serialized_target(wrapped[0])})"
+            raise ProbeError(
+                f"Probe.capture: the program {refusal}. It comes from {_node_origin(node)}. "
+                "The service and `obstacle analyze` refuse such a probe; rewrite that part of "
+                "the model or loss with the operators listed in obstacle.artifacts.allowed_ops "
+                "(torch.zeros instead of torch.empty, a fixed-size mask instead of "
+                "data-dependent indexing, no custom operators), or, if the operator is pure, "
+                "ask for it to be added to the allow-list."
+            )
+
+
+def _serialized_target(target: Any) -> str:
+    """A node target named as ``torch.export.save`` writes it (``serialize_operator`` in torch)."""
+    if isinstance(target, str):
+        return target
+    module = str(target.__module__).replace("torch._ops", "torch.ops")
+    return f"{module}.{target.__name__}"
+
+
+def _node_origin(node: torch.fx.Node) -> str:
+    """The layer and source line a graph node was traced from, as far as export recorded them."""
+    stack = node.meta.get("nn_module_stack") or {}
+    layer = "the loss function"
+    if stack:
+        path, kind = list(stack.values())[-1]
+        name = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1])
+        if path == _MODEL_PREFIX.rstrip("."):
+            layer = f"the model's own forward ({name})"
+        elif path:
+            layer = f"layer {_strip(path)} ({name})"
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    return f"{layer}, `{trace[-1].strip()}`" if trace else layer
 
 
 def _manifest(
