@@ -26,7 +26,7 @@ from obstacle.artifacts.layout import (
 from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.probe import Probe
 
-from .builders import LABELS, SCENARIOS, ScenarioInfo
+from .builders import CALIBRATION, HELD_OUT, LABELS, SCENARIOS, ScenarioInfo
 
 pytestmark = pytest.mark.slow
 
@@ -36,33 +36,55 @@ CPU_SECONDS_BOUND = 6.0
 STATEFUL = ("Adam", "momentum")
 
 Run = tuple[ScenarioInfo, Path]
+RunId = tuple[str, int]
+RunFactory = Callable[[RunId], Run]
+
+# Every (name, seed) of both sets: each seed a builder is registered with must make its label right.
+RUNS: list[RunId] = sorted(CALIBRATION + HELD_OUT)
 
 
-def _names(label: str) -> list[str]:
-    return sorted(n for n in SCENARIOS if n.startswith(f"{label}/"))
+def _id(run_id: RunId) -> str:
+    return f"{run_id[0]}@{run_id[1]}"
+
+
+def _runs(label: str) -> list[RunId]:
+    return [r for r in RUNS if r[0].startswith(f"{label}/")]
+
+
+def _each(runs: list[RunId]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("run_id", runs, ids=[_id(r) for r in runs])
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
-    """Build each scenario once per module, on one thread."""
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunFactory:
+    """Build each (scenario, seed) once per module, on one thread."""
     torch.set_num_threads(1)
     # Pay torch.export's one-time start-up before any builder is timed.
     ones = torch.ones(2, 1, dtype=torch.float64)
     Probe.capture(torch.nn.Linear(1, 1).double(), torch.nn.functional.mse_loss, [(ones, ones)] * 2)
-    cache: dict[str, Run] = {}
+    cache: dict[RunId, Run] = {}
 
-    def get(name: str) -> Run:
-        if name not in cache:
-            run_dir = tmp_path_factory.mktemp(name.replace("/", "-")) / "run"
-            cache[name] = (SCENARIOS[name](run_dir), run_dir)
-        return cache[name]
+    def get(run_id: RunId) -> Run:
+        if run_id not in cache:
+            name, seed = run_id
+            run_dir = tmp_path_factory.mktemp(f"{name.replace('/', '-')}-{seed}") / "run"
+            cache[run_id] = (SCENARIOS[name](run_dir, seed), run_dir)
+        return cache[run_id]
 
     return get
 
 
-def test_every_label_has_two_architectures() -> None:
+def test_every_label_has_three_seeds_and_two_architectures_in_each_set() -> None:
     for label in LABELS:
-        assert len(_names(label)) >= 2, label
+        for runs in (CALIBRATION, HELD_OUT):
+            mine = [r for r in runs if r[0].startswith(f"{label}/")]
+            assert len({name for name, _ in mine}) >= 2, (label, runs is CALIBRATION)
+        assert len({seed for _, seed in _runs(label)}) >= 3, label
+
+
+def test_no_run_is_in_both_sets() -> None:
+    assert not set(CALIBRATION) & set(HELD_OUT)
+    assert len(set(HELD_OUT)) == len(HELD_OUT) and len(set(CALIBRATION)) == len(CALIBRATION)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,27 +92,31 @@ def test_every_label_has_two_architectures() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_run_directory_is_complete(name: str, run: Callable[[str], Run]) -> None:
-    info, run_dir = run(name)
-    assert info.name == name and info.label in LABELS and info.description
-    steps = [s for s, _ in list_checkpoints(run_dir)]
+@_each(RUNS)
+def test_run_directory_is_complete(run_id: RunId, run: RunFactory) -> None:
+    info, run_dir = run(run_id)
+    name = run_id[0]
+    assert (info.name, info.seed) == run_id and info.label in LABELS and info.description
+    checkpoints = list_checkpoints(run_dir)
+    steps = [s for s, _ in checkpoints]
     assert steps == info.steps
-    assert 6 <= len(steps) <= 12
+    # Runs read as a timeline (episodes expected) have more checkpoints, so the phases show.
+    assert (16 <= len(steps) <= 24) if info.episodes else (6 <= len(steps) <= 12)
     assert steps[-1] - steps[-2] == 1, "a consecutive pair t, t+1 ends the run"
     stateful = any(kind in info.optimizer for kind in STATEFUL)
-    for step in steps:
+    for step, path in checkpoints:
         assert (run_dir / CHECKPOINT_DIR / optimizer_filename(step)).exists() == stateful
+        assert load_checkpoint(path).batch_size == info.batch_size, "the run's own batch size"
     log = [json.loads(line) for line in (run_dir / TRAIN_LOG).read_text().splitlines()]
     assert len(log) >= 20 and log[0]["step"] == 0 and log[-1]["step"] <= steps[-1]
     assert all(entry["lr"] == pytest.approx(info.lr) for entry in log)
     assert info.cpu_seconds < CPU_SECONDS_BOUND, f"{name} took {info.cpu_seconds:.2f} s of CPU"
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_saved_probe_computes_the_reference_loss(name: str, run: Callable[[str], Run]) -> None:
+@_each(RUNS)
+def test_saved_probe_computes_the_reference_loss(run_id: RunId, run: RunFactory) -> None:
     """The exported probe program at the last checkpoint gives the loss the facts were computed on."""
-    info, run_dir = run(name)
+    info, run_dir = run(run_id)
     probe = Probe.load(run_dir)
     checkpoint = load_checkpoint(list_checkpoints(run_dir)[-1][1], probe.manifest)
     program = probe.program.module()
@@ -99,9 +125,11 @@ def test_saved_probe_computes_the_reference_loss(name: str, run: Callable[[str],
         losses = [functional_call(program, state, batch) for batch in probe.batches]
         loss = float(torch.stack(losses).mean())
     facts = info.facts
+    # float64 throughout: the joined batch and the K batches agree to rounding. A float32 probe
+    # (a recurrent model trained as a user would) agrees to float32 rounding with the float64 facts.
+    rel = 1e-10 if probe.batches[0][0].dtype == torch.float64 else 1e-5
     if math.isfinite(facts["loss_last"]):
-        # float64 throughout: the joined batch and the K batches agree to rounding.
-        assert loss == pytest.approx(facts["loss_last"], rel=1e-10, abs=1e-14)
+        assert loss == pytest.approx(facts["loss_last"], rel=rel, abs=1e-14)
         assert facts["loss_last_by_batches"] == pytest.approx(
             facts["loss_last"], rel=1e-10, abs=1e-14
         )
@@ -110,18 +138,15 @@ def test_saved_probe_computes_the_reference_loss(name: str, run: Callable[[str],
     if probe.validation is not None and math.isfinite(facts["loss_last"]):
         with torch.no_grad():
             val = float(functional_call(program, state, probe.validation))
-        assert val == pytest.approx(facts["val_last"], rel=1e-10)
+        assert val == pytest.approx(facts["val_last"], rel=rel)
     assert (probe.validation is not None) == ("val_last" in facts)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [n for n in sorted(SCENARIOS) if n.startswith(("poor_conditioning/", "no_critical_point/"))],
-)
-def test_reference_step_is_the_step_torch_took(name: str, run: Callable[[str], Run]) -> None:
+@_each([r for r in RUNS if r[0].startswith(("poor_conditioning/", "no_critical_point/"))])
+def test_reference_step_is_the_step_torch_took(run_id: RunId, run: RunFactory) -> None:
     """The step rebuilt from a saved optimizer state (plain GD, heavy ball, Adam) reproduces the
     full-batch run's last real step: the uphill/downhill facts use the run's true step."""
-    info, _ = run(name)
+    info, _ = run(run_id)
     assert info.facts["step_reconstruction_error"] < 1e-8
 
 
@@ -130,9 +155,9 @@ def test_reference_step_is_the_step_torch_took(name: str, run: Callable[[str], R
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _names("healthy"))
-def test_healthy(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("healthy"))
+def test_healthy(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert info.target_loss is None
     assert f["finite_last"] == 1.0
@@ -148,13 +173,19 @@ def test_healthy(name: str, run: Callable[[str], Run]) -> None:
     assert f["val_last"] < f["val_mid"], "validation falls too: no overfitting"
     assert f["train_accuracy"] > 0.9 and f["val_accuracy"] > 0.9
     assert f["full_step_dJ"] < 0, "the optimizer's full-batch step goes downhill"
-    assert f["minibatch_uphill_fraction"] <= 0.25, "minibatch steps go downhill too"
+    assert f["late_full_step_dJ_mean"] < 0, "and so it does on average over the last half"
+    # Some minibatch steps go uphill in any SGD run (with momentum, mostly from the buffer); what
+    # tells noise from health is whether they still make progress: here they gain at least half
+    # what the full-batch step gains (gradient_noise asserts the opposite).
+    assert f["late_minibatch_dJ_mean"] < 0.5 * f["late_full_step_dJ_mean"], (
+        "noise spares the progress"
+    )
     assert f["sharpness"] < 0.5 * f["sharpness_threshold"], "far from the stability edge"
 
 
-@pytest.mark.parametrize("name", _names("local_minimum"))
-def test_local_minimum(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("local_minimum"))
+def test_local_minimum(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert info.target_loss is not None
     assert f["grad_norm"] < 1e-8, "a critical point"
@@ -165,9 +196,9 @@ def test_local_minimum(name: str, run: Callable[[str], Run]) -> None:
     assert f["other_minimum_grad_norm"] < 1e-8, "the better point is a minimum too"
 
 
-@pytest.mark.parametrize("name", _names("saddle_point"))
-def test_saddle_point(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("saddle_point"))
+def test_saddle_point(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert f["lambda_min"] < -0.1 * f["lambda_max"] < 0, "a clearly negative eigenvalue"
     assert f["grad_norm"] < 0.1 * abs(f["lambda_min"]), (
@@ -181,42 +212,47 @@ def test_saddle_point(name: str, run: Callable[[str], Run]) -> None:
         assert f["loss_after_400_more_steps"] < 0.5 * f["loss_last"], "escaping is possible"
 
 
-@pytest.mark.parametrize("name", _names("poor_conditioning"))
-def test_poor_conditioning(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("poor_conditioning"))
+def test_poor_conditioning(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert f["sharpness"] > f["sharpness_threshold"], (
         "lr·λmax (preconditioned for Adam) past its threshold"
     )
-    assert f["sharpness_previous"] > 0.95 * f["sharpness_threshold"], "and it stays at the edge"
+    # A period-2 oscillation across the valley alternates just above and just below the threshold.
+    assert f["sharpness_previous"] > 0.9 * f["sharpness_threshold"], "and it stays at the edge"
     assert f["full_step_dJ"] > 0, "the optimizer's real full-batch step goes uphill"
     assert f["uphill_rate_last_half"] >= 0.25, "uphill steps are common, not a fluke"
     assert f["finite_last"] == 1.0 and f["loss_last"] < f["loss_first"], "bounded: not divergence"
     assert f["loss_at_stable_lr"] < f["loss_last"], "a smaller lr does better: the obstacle costs"
 
 
-@pytest.mark.parametrize("name", _names("gradient_noise"))
-def test_gradient_noise(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("gradient_noise"))
+def test_gradient_noise(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert f["late_checkpoints"] >= 4
     assert f["late_full_step_dJ_max"] < 0, (
         "the full-batch step goes downhill at every late checkpoint"
     )
-    # At a noise floor the minibatch steps' mean ΔJ is ≈ 0 (stationarity), so about half go uphill.
-    assert f["late_minibatch_uphill_fraction"] >= 0.4
-    assert f["late_minibatch_dJ_mean"] > 0.5 * f["late_full_step_dJ_mean"], (
+    # Judged at the run's own batch size (every minibatch of it, or 256 drawn), not the probe's.
+    assert f["late_b_noise_min"] > info.batch_size, "B_noise = tr(Σ)/|ḡ|² above the batch size"
+    # At a noise floor the minibatch steps' mean ΔJ is ≈ 0 (stationarity), so about half go uphill
+    # (a third at least over the late checkpoints: a run sits above its floor's middle at times).
+    assert f["late_run_batch_uphill_fraction"] >= 1 / 3
+    assert f["late_run_batch_dJ_mean"] > 0.5 * f["late_full_step_dJ_mean"], (
         "noise eats the progress"
     )
     assert f["sharpness"] < f["sharpness_threshold"], "stable lr: not conditioning"
-    assert f["noise_to_signal"] > 1, "tr(Σ) of the batch gradients exceeds |ḡ|²"
-    assert f["floor_over_full_batch"] >= 2, "a floor well above the full-batch run's loss"
-    assert 0.5 <= f["plateau_ratio"] <= 2, "on a plateau"
+    # Batch-2 SGD on least squares is near its own stability limit at this lr, which caps how far
+    # above the optimum its floor can sit (≈1.8–3× over seeds); the MLPs' floors are 3–15×.
+    assert f["floor_over_full_batch"] >= 1.5, "a floor well above the full-batch run's loss"
+    assert 2 / 3 <= f["plateau_ratio"] <= 3 / 2, "on a plateau: the third and last quarters agree"
 
 
-@pytest.mark.parametrize("name", _names("no_critical_point"))
-def test_no_critical_point(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("no_critical_point"))
+def test_no_critical_point(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert f["min_margin"] > 0, "the data are separated: the loss has no minimum"
     assert f["norm_growth_last_half"] > 1.02, "‖θ‖ keeps growing"
@@ -224,9 +260,9 @@ def test_no_critical_point(name: str, run: Callable[[str], Run]) -> None:
     assert f["grad_norm_last"] < f["grad_norm_mid"] and f["lambda_max_last"] < f["lambda_max_mid"]
 
 
-@pytest.mark.parametrize("name", _names("divergence"))
-def test_divergence(name: str, run: Callable[[str], Run]) -> None:
-    info, run_dir = run(name)
+@_each(_runs("divergence"))
+def test_divergence(run_id: RunId, run: RunFactory) -> None:
+    info, run_dir = run(run_id)
     f = info.facts
     assert f["finite_last"] == 0.0 or f["loss_peak_over_first"] >= 100
     assert f["loss_mid"] > 100 * f["loss_first"], "explodes before any inf/NaN"
@@ -236,9 +272,9 @@ def test_divergence(name: str, run: Callable[[str], Run]) -> None:
         assert last.train_loss is not None and not math.isfinite(last.train_loss)
 
 
-@pytest.mark.parametrize("name", _names("overfitting"))
-def test_overfitting(name: str, run: Callable[[str], Run]) -> None:
-    info, _ = run(name)
+@_each(_runs("overfitting"))
+def test_overfitting(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
     f = info.facts
     assert f["train_fall_last_half"] < 0.9, "training loss falls over the last half"
     assert f["val_rise_last_half"] > 1.05, "validation loss rises over the last half"

@@ -23,7 +23,7 @@ from obstacle.artifacts.layout import TRAIN_LOG, list_checkpoints
 from obstacle.battery.analysis import analyze
 from scenarios.builders import SCENARIOS
 
-SCENARIO = "poor_conditioning/tanh_mlp_momentum"  # SGD with momentum: optimizer state travels too
+SCENARIO = "poor_conditioning/relu_mlp_momentum"  # SGD with momentum: optimizer state travels too
 
 
 @pytest.fixture(scope="module")
