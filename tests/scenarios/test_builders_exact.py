@@ -26,7 +26,7 @@ from obstacle.artifacts.layout import (
 from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.probe import Probe
 
-from .builders import CALIBRATION, HELD_OUT, LABELS, SCENARIOS, ScenarioInfo
+from .builders import CALIBRATION, HELD_OUT, LABELS, SCENARIOS, Episode, ScenarioInfo
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,20 @@ def _id(run_id: RunId) -> str:
     return f"{run_id[0]}@{run_id[1]}"
 
 
+# Runs read as a timeline (several phases, expected episodes) have tests of their own below.
+LATE_ESCAPE = "saddle_point/tanh_mlp_late_escape"
+ENDS_THEN_CONVERGES = "saddle_point/linear_net_then_converges"
+SADDLE_THEN_NOISE = "saddle_point/tanh_mlp_then_noise_floor"
+TIMELINES = (LATE_ESCAPE, ENDS_THEN_CONVERGES, SADDLE_THEN_NOISE)
+
+
 def _runs(label: str) -> list[RunId]:
-    return [r for r in RUNS if r[0].startswith(f"{label}/")]
+    """The runs of one label whose facts are the label's own (timelines excluded)."""
+    return [r for r in RUNS if r[0].startswith(f"{label}/") and r[0] not in TIMELINES]
+
+
+def _named(name: str) -> list[RunId]:
+    return [r for r in RUNS if r[0] == name]
 
 
 def _each(runs: list[RunId]) -> pytest.MarkDecorator:
@@ -171,9 +183,11 @@ def test_healthy(run_id: RunId, run: RunFactory) -> None:
     assert f["decreasing_pairs"] >= 0.8, "steady decrease across checkpoints"
     assert f["loss_last"] < 0.7 * f["loss_mid"], "still making progress over the last half"
     assert f["val_last"] < f["val_mid"], "validation falls too: no overfitting"
-    assert f["train_accuracy"] > 0.9 and f["val_accuracy"] > 0.9
-    assert f["full_step_dJ"] < 0, "the optimizer's full-batch step goes downhill"
-    assert f["late_full_step_dJ_mean"] < 0, "and so it does on average over the last half"
+    if "train_accuracy" in f:
+        assert f["train_accuracy"] > 0.9 and f["val_accuracy"] > 0.9
+    # With momentum or Adam one checkpoint's step is mostly its buffer, which now and then
+    # overshoots for a step in a healthy run; over the last half the full-batch step goes downhill.
+    assert f["late_full_step_dJ_mean"] < 0, "the optimizer's full-batch step goes downhill"
     # Some minibatch steps go uphill in any SGD run (with momentum, mostly from the buffer); what
     # tells noise from health is whether they still make progress: here they gain at least half
     # what the full-batch step gains (gradient_noise asserts the opposite).
@@ -227,16 +241,20 @@ def test_poor_conditioning(run_id: RunId, run: RunFactory) -> None:
     assert f["loss_at_stable_lr"] < f["loss_last"], "a smaller lr does better: the obstacle costs"
 
 
-@_each(_runs("gradient_noise"))
-def test_gradient_noise(run_id: RunId, run: RunFactory) -> None:
-    info, _ = run(run_id)
-    f = info.facts
+# A noise floor costs at least this much: its loss over the full-batch run's. Batch-2 SGD on least
+# squares sits near its own stability limit at its lr, which caps how far above the optimum its
+# floor can be (≈1.8–3× over seeds); the MLPs' floors are 1.5–15×.
+NOISE_FLOOR_COST = 1.4
+
+
+def _assert_noise_floor(f: dict[str, float], batch_size: int) -> None:
+    """The facts of a noise floor, over the checkpoints on it ("late")."""
     assert f["late_checkpoints"] >= 4
     assert f["late_full_step_dJ_max"] < 0, (
         "the full-batch step goes downhill at every late checkpoint"
     )
     # Judged at the run's own batch size (every minibatch of it, or 256 drawn), not the probe's.
-    assert f["late_b_noise_min"] > info.batch_size, "B_noise = tr(Σ)/|ḡ|² above the batch size"
+    assert f["late_b_noise_min"] > batch_size, "B_noise = tr(Σ)/|ḡ|² above the batch size"
     # At a noise floor the minibatch steps' mean ΔJ is ≈ 0 (stationarity), so about half go uphill
     # (a third at least over the late checkpoints: a run sits above its floor's middle at times).
     assert f["late_run_batch_uphill_fraction"] >= 1 / 3
@@ -244,10 +262,24 @@ def test_gradient_noise(run_id: RunId, run: RunFactory) -> None:
         "noise eats the progress"
     )
     assert f["sharpness"] < f["sharpness_threshold"], "stable lr: not conditioning"
-    # Batch-2 SGD on least squares is near its own stability limit at this lr, which caps how far
-    # above the optimum its floor can sit (≈1.8–3× over seeds); the MLPs' floors are 3–15×.
-    assert f["floor_over_full_batch"] >= 1.5, "a floor well above the full-batch run's loss"
+    assert f["floor_over_full_batch"] >= NOISE_FLOOR_COST, "a floor above the full-batch run's"
+
+
+@_each(_runs("gradient_noise"))
+def test_gradient_noise(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
+    f = info.facts
+    _assert_noise_floor(f, info.batch_size)
     assert 2 / 3 <= f["plateau_ratio"] <= 3 / 2, "on a plateau: the third and last quarters agree"
+
+
+@_each(_named("gradient_noise/tanh_mlp_batch2"))
+def test_noise_looks_mild_at_the_probe_batch(run_id: RunId, run: RunFactory) -> None:
+    """The trap of a small-batch run: the probe's batches of 32 average the noise away."""
+    info, run_dir = run(run_id)
+    f = info.facts
+    assert info.batch_size == 2 and Probe.load(run_dir).manifest.batch_size == 32
+    assert f["late_minibatch_uphill_fraction"] < 0.5 * f["late_run_batch_uphill_fraction"]
 
 
 @_each(_runs("no_critical_point"))
@@ -280,3 +312,65 @@ def test_overfitting(run_id: RunId, run: RunFactory) -> None:
     assert f["val_rise_last_half"] > 1.05, "validation loss rises over the last half"
     assert f["val_increasing_pairs_last_half"] >= 0.75
     assert f["val_best_step"] <= info.steps[-1] / 2 and f["val_last"] > 1.2 * f["val_min"]
+
+
+# --------------------------------------------------------------------------------------------
+# Timelines: runs with phases, and the episodes the verdict must find on them
+# --------------------------------------------------------------------------------------------
+
+
+def _assert_saddle_plateau(f: dict[str, float]) -> None:
+    """At the checkpoint nearest the plateau's middle: a saddle with a way down."""
+    assert f["plateau_lambda_min"] < -0.1 * f["plateau_lambda_max"] < 0, "negative curvature"
+    assert f["plateau_grad_norm"] < 0.1 * abs(f["plateau_lambda_min"]), "a small gradient"
+    assert f["plateau_escape_dJ"] < 0 and f["plateau_escape_second_difference"] < 0, (
+        "the loss falls along v_min"
+    )
+
+
+def _assert_episodes(info: ScenarioInfo, *expected: Episode) -> None:
+    assert info.episodes == expected
+    assert all(e.start_step <= info.steps[-1] for e in expected)
+
+
+@_each(_named(LATE_ESCAPE))
+def test_saddle_escaped_late(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
+    f = info.facts
+    _assert_saddle_plateau(f)
+    last = info.steps[-1]
+    assert f["plateau_share"] > 0.6, "flat (within 1%) for well over half the run"
+    assert 0.65 <= f["plateau_end"] / last <= 0.9, "escaped near the end"
+    assert f["plateau_grad_norm"] < 0.01 * f["grad_norm_first"], "the gradient norm collapsed"
+    assert f["loss_last_over_plateau"] < 0.5 and f["final_pair_dJ"] < 0, "escaped, still falling"
+    _assert_episodes(info, Episode("saddle_point", int(f["plateau_start"]), int(f["plateau_end"])))
+
+
+@_each(_named(ENDS_THEN_CONVERGES))
+def test_saddle_that_ends_then_a_healthy_descent(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
+    f = info.facts
+    _assert_saddle_plateau(f)
+    assert 0.3 <= f["plateau_share"] <= 0.5, "flat for the first 30–50% of the run"
+    assert f["descent_decreasing_pairs"] == 1.0, "then down at every checkpoint"
+    # Converged to a global minimum (zero loss): ‖∇J‖ ≈ 0, and the only negative curvature left is
+    # the rounding of a loss at 1e-12 along the net's symmetries.
+    assert f["loss_last"] < 1e-10 * f["loss_first"]
+    assert f["grad_norm"] < 1e-5 and f["lambda_min"] > -1e-5 * f["lambda_max"]
+    _assert_episodes(info, Episode("saddle_point", int(f["plateau_start"]), int(f["plateau_end"])))
+
+
+@_each(_named(SADDLE_THEN_NOISE))
+def test_saddle_then_a_noise_floor(run_id: RunId, run: RunFactory) -> None:
+    info, _ = run(run_id)
+    f = info.facts
+    _assert_saddle_plateau(f)
+    assert f["plateau_share"] > f["floor_share"] >= 0.25, "the saddle cost the most steps"
+    assert f["floor_start"] >= f["plateau_end"]
+    _assert_noise_floor(f, info.batch_size)
+    assert 2 / 3 <= f["floor_plateau_ratio"] <= 3 / 2, "the floor's two halves agree"
+    _assert_episodes(
+        info,
+        Episode("saddle_point", int(f["plateau_start"]), int(f["plateau_end"])),
+        Episode("gradient_noise", int(f["floor_start"]), None),
+    )

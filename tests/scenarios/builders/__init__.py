@@ -29,6 +29,7 @@ from obstacle.labels import LABELS
 
 from . import (
     divergence,
+    episodes,
     gradient_noise,
     healthy,
     local_minimum,
@@ -61,22 +62,29 @@ _MODULES = (
     no_critical_point,
     divergence,
     overfitting,
+    episodes,
 )
 
 CALIBRATION_NAMES: tuple[str, ...] = (
     "healthy/mlp_digits",
     "healthy/cnn_digits",
     "healthy/linear_regression",
+    "healthy/gru",
     "local_minimum/double_well",
     "local_minimum/sine_unit",
     "saddle_point/deep_linear",
     "saddle_point/tanh_mlp",
+    "saddle_point/tanh_mlp_late_escape",
+    "saddle_point/linear_net_then_converges",
+    "saddle_point/tanh_mlp_then_noise_floor",
     "poor_conditioning/relu_mlp",
     "poor_conditioning/relu_mlp_momentum",
     "poor_conditioning/relu_mlp_adam",
     "gradient_noise/linear_regression",
     "gradient_noise/tanh_mlp",
     "gradient_noise/tanh_mlp_adam",
+    "gradient_noise/tanh_mlp_batch2",
+    "gradient_noise/lstm",
     "no_critical_point/logistic_regression",
     "no_critical_point/relu_mlp",
     "divergence/tanh_mlp",
@@ -84,7 +92,14 @@ CALIBRATION_NAMES: tuple[str, ...] = (
     "overfitting/mlp_digits",
     "overfitting/tanh_mlp_regression",
 )
-HELD_OUT_NAMES: tuple[str, ...] = ()
+HELD_OUT_NAMES: tuple[str, ...] = (
+    "healthy/relu_mlp_adamw",
+    "saddle_point/linear_factorization",
+    "gradient_noise/relu_mlp",
+    "no_critical_point/tanh_mlp",
+    "divergence/random_features",
+    "overfitting/cnn_digits",
+)
 
 CALIBRATION: list[tuple[str, int]] = [(name, 0) for name in CALIBRATION_NAMES]
 HELD_OUT: list[tuple[str, int]] = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .reference import DTYPE, logged_losses, trajectory
@@ -103,6 +103,61 @@ def build_divergence_linear_regression(run_dir: Path, seed: int) -> ScenarioInfo
         optimizer="SGD (full-batch GD)",
         description="convex least squares at lr·λmax = 2.6 > 2: the loss grows ×2.56 per step to "
         "≈1e24× its start while staying finite; parameters grow ×1e11",
+        target_loss=None,
+        batch_size=32,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+class RandomFeatures(nn.Module):
+    """A fixed random tanh layer (buffers, not trained) and a trained linear readout: the loss is
+    quadratic in the trained parameters, as in least squares, but over nonlinear features."""
+
+    def __init__(self, gen: torch.Generator, inputs: int, features: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.randn(features, inputs, generator=gen, dtype=DTYPE))
+        self.register_buffer("bias", torch.randn(features, generator=gen, dtype=DTYPE))
+        self.readout = nn.Linear(features, 1).double()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.readout(torch.tanh(x @ self.weight.T + self.bias))
+        return out
+
+
+@scenario("divergence", "random_features")
+def build_divergence_random_features(run_dir: Path, seed: int) -> ScenarioInfo:
+    """Divergence (held out): a random-features model (32 fixed tanh features, trained readout)
+    with plain GD at lr = 2.6/λmax: the error along the top eigenvector grows ×1.6 a step."""
+    gen = seeded(seed)
+    x = torch.randn(32, 4, generator=gen, dtype=DTYPE)
+    y = torch.sin(x.sum(dim=1, keepdim=True)) + 0.1 * torch.randn(32, 1, generator=gen, dtype=DTYPE)
+    model = RandomFeatures(gen, 4, 32)
+    batches = split(x, y, 4)
+    problem = capture(run_dir, model, F.mse_loss, batches)
+    lam = problem.lambda_max(flat_params(model))
+    lr, steps = 2.6 / lam, 60
+    save_at = schedule(steps, 8)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        full_batch_sampler((x, y)),
+        torch.optim.SGD(model.parameters(), lr=lr),
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
+    _, facts = trajectory(problem, run_dir, save_at)
+    facts["sharpness"] = lr * lam
+    facts["loss_last_over_first"] = facts["loss_last"] / facts["loss_first"]
+    return scenario_info(
+        "divergence",
+        "random_features",
+        optimizer="SGD (full-batch GD)",
+        description="a random-features model at lr·λmax = 2.6 > 2: the loss grows ×2.56 a step to "
+        "≈1e24× its start while staying finite",
         target_loss=None,
         batch_size=32,
         lr=lr,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .recurrent import RecurrentRegressor, memory_task
 from .reference import (
     DTYPE,
     Batch,
@@ -136,10 +137,11 @@ def build_gradient_noise_linear_regression(run_dir: Path, seed: int) -> Scenario
     )
 
 
-def _noisy_wave(gen: torch.Generator) -> Batch:
-    x = torch.randn(32, 3, generator=gen, dtype=DTYPE)
+def _noisy_wave(gen: torch.Generator, n: int = 32) -> Batch:
+    """n inputs in R³ and sin(x·w) with label noise of standard deviation 0.5."""
+    x = torch.randn(n, 3, generator=gen, dtype=DTYPE)
     w = torch.randn(3, 1, generator=gen, dtype=DTYPE)
-    return x, torch.sin(x @ w) + 0.5 * torch.randn(32, 1, generator=gen, dtype=DTYPE)
+    return x, torch.sin(x @ w) + 0.5 * torch.randn(n, 1, generator=gen, dtype=DTYPE)
 
 
 @scenario("gradient_noise", "tanh_mlp")
@@ -199,6 +201,115 @@ def build_gradient_noise_tanh_mlp_adam(run_dir: Path, seed: int) -> ScenarioInfo
         "below its threshold 2; loss floor many times the full-batch run's",
         target_loss=None,
         batch_size=4,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+BATCH2_LR = 0.2
+
+
+@scenario("gradient_noise", "tanh_mlp_batch2")
+def build_gradient_noise_tanh_mlp_batch2(run_dir: Path, seed: int) -> ScenarioInfo:
+    """Noise at the run's own batch size: a tanh MLP trained with SGD on minibatches of 2 at a
+    high constant lr, with label noise; the probe holds 4 batches of 32, as a user's would.
+
+    At the probe's batch of 32 the gradient noise looks mild (few of those steps go uphill); at
+    the run's batch of 2, B_noise = tr(Σ)/|ḡ|² is far above 2 and the steps gain nothing on
+    average. The checkpoints record batch_size=2, so the noise can be judged where it acts.
+    """
+    gen = seeded(seed)
+    data = _noisy_wave(gen, n=128)
+    model = mlp(3, 16, 1)
+    lr = BATCH2_LR
+    save_at, facts = _noise_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr),
+        lr=lr,
+        steps=1500,
+        batch_size=2,
+        probe_batch=32,
+        seed=seed,
+    )
+    return scenario_info(
+        "gradient_noise",
+        "tanh_mlp_batch2",
+        optimizer="SGD, batch 2",
+        description="batch 2 at lr 0.2 with label noise, probe batches of 32: full-batch steps "
+        "downhill, batch-2 steps uphill about half the time (B_noise ≫ 2), lr·λmax < 2, and a floor "
+        "well above the full-batch run's loss",
+        target_loss=None,
+        batch_size=2,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+LSTM_LR = 0.1
+
+
+@scenario("gradient_noise", "lstm")
+def build_gradient_noise_lstm(run_dir: Path, seed: int) -> ScenarioInfo:
+    """Noise: an LSTM (hidden 6, 223 parameters) on a fading-memory regression with label noise,
+    SGD on minibatches of 2, trained in float32 as a user would; probe batches of 16."""
+    gen = seeded(seed)
+    data = memory_task(gen, 64, noise=0.5)
+    model = RecurrentRegressor(nn.LSTM, 6)
+    lr = LSTM_LR
+    save_at, facts = _noise_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr),
+        lr=lr,
+        steps=1000,
+        batch_size=2,
+        probe_batch=16,
+        seed=seed,
+    )
+    return scenario_info(
+        "gradient_noise",
+        "lstm",
+        optimizer="SGD, batch 2, float32",
+        description="LSTM at batch 2 with label noise: full-batch steps downhill, batch-2 steps "
+        "uphill about half the time, lr·λmax < 2, a floor well above the full-batch run's loss",
+        target_loss=None,
+        batch_size=2,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("gradient_noise", "relu_mlp")
+def build_gradient_noise_relu_mlp(run_dir: Path, seed: int) -> ScenarioInfo:
+    """Noise (held out): a ReLU MLP with label noise, SGD on minibatches of 2."""
+    gen = seeded(seed)
+    data = _noisy_wave(gen)
+    model = mlp(3, 12, 1, act=nn.ReLU)
+    lr = 0.15
+    save_at, facts = _noise_run(
+        run_dir,
+        model,
+        data,
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr),
+        lr=lr,
+        steps=1000,
+        batch_size=2,
+        seed=seed,
+    )
+    return scenario_info(
+        "gradient_noise",
+        "relu_mlp",
+        optimizer="SGD, batch 2",
+        description="ReLU MLP at batch 2 with label noise: full-batch steps downhill, minibatch steps "
+        "uphill about half the time, lr·λmax < 2, a floor well above the full-batch run's loss",
+        target_loss=None,
+        batch_size=2,
         lr=lr,
         steps=save_at,
         facts=facts,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .recurrent import RecurrentRegressor, memory_task
 from .reference import (
     DTYPE,
     accuracy,
@@ -158,5 +159,68 @@ def build_healthy_linear_regression(run_dir: Path, seed: int) -> ScenarioInfo:
         batch_size=64,
         lr=lr,
         steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("healthy", "gru")
+def build_healthy_gru(run_dir: Path, seed: int) -> ScenarioInfo:
+    """Healthy: a GRU (hidden 6, 169 parameters) learning a fading memory of 6-step sequences with
+    Adam on minibatches of 32, trained in float32 as a user would; still making steady progress."""
+    gen = seeded(seed)
+    train_set = memory_task(gen, 512, noise=0.1)
+    val = memory_task(gen, 128, noise=0.1)
+    model = RecurrentRegressor(nn.GRU, 6)
+    batches = split(train_set[0][:128], train_set[1][:128], 4)
+    problem = capture(run_dir, model, F.mse_loss, batches, validation=val)
+    lr, steps = 0.005, 300
+    save_at = schedule(steps, 8)
+    train(
+        run_dir,
+        model,
+        F.mse_loss,
+        random_minibatches(train_set, 32, stream(seed, 2)),
+        torch.optim.Adam(model.parameters(), lr=lr),
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= step_facts(problem, saved[-1])
+    facts |= late_step_facts(problem, [s for s in saved if s.step >= steps // 2])
+    facts |= sharpness_facts(problem, saved[-1])
+    return scenario_info(
+        "healthy",
+        "gru",
+        optimizer="Adam(lr=0.005), batch 32, float32",
+        description="GRU on a fading-memory regression: train and validation loss fall together at "
+        "every checkpoint, the Adam step goes downhill from full and minibatch gradients alike, "
+        "preconditioned sharpness far below its threshold",
+        target_loss=None,
+        batch_size=32,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("healthy", "relu_mlp_adamw")
+def build_healthy_relu_mlp_adamw(run_dir: Path, seed: int) -> ScenarioInfo:
+    """Healthy (held out): a ReLU MLP on digits trained with AdamW, loss and validation falling."""
+    torch.manual_seed(seed)
+    model = mlp(64, 32, 10, act=nn.ReLU)
+    lr = 0.004
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps, facts = _healthy_digits(run_dir, model, opt, lr=lr, images=False, seed=seed)
+    return scenario_info(
+        "healthy",
+        "relu_mlp_adamw",
+        optimizer="AdamW(lr=0.004, weight_decay=0.01)",
+        description="AdamW at a sensible lr on digits: train and validation loss fall together, the "
+        "AdamW step goes downhill, preconditioned sharpness far below its threshold",
+        target_loss=None,
+        batch_size=32,
+        lr=lr,
+        steps=steps,
         facts=facts,
     )

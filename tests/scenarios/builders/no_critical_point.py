@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .reference import DTYPE, Batch, Problem, Saved, _nearest, step_reconstruction_error, trajectory
+from .reference import DTYPE, Batch, Problem, Saved, nearest, step_reconstruction_error, trajectory
 from .registry import ScenarioInfo, scenario, scenario_info
 from .training import bce_logits, capture, full_batch_sampler, mlp, seeded, split, train
 
@@ -17,7 +17,7 @@ SEPARABLE_SCHEDULE = [0, 10, 100, 300, 1000, 1500, 2000, 2500, 2999, 3000]
 
 
 def _separable_facts(problem: Problem, saved: list[Saved], data: Batch) -> dict[str, float]:
-    mid = _nearest([s.step for s in saved], saved[-1].step / 2)
+    mid = nearest([s.step for s in saved], saved[-1].step / 2)
     with torch.no_grad():
         logits = functional_call(
             problem.model, problem.unflatten(saved[-1].flat), (data[0],)
@@ -108,6 +108,48 @@ def build_no_critical_point_relu_mlp(run_dir: Path, seed: int) -> ScenarioInfo:
         optimizer="SGD(momentum=0.9), full batch",
         description="XOR blobs separated by a ReLU MLP under logistic loss: margins > 0, loss creeping "
         "toward 0, ‖θ‖ growing and curvature fading; the infimum is at infinity",
+        target_loss=None,
+        batch_size=64,
+        lr=lr,
+        steps=save_at,
+        facts=facts,
+    )
+
+
+@scenario("no_critical_point", "tanh_mlp")
+def build_no_critical_point_tanh_mlp(run_dir: Path, seed: int) -> ScenarioInfo:
+    """No critical point (held out): a tanh MLP separating two interleaved half-moons under
+    logistic loss, full-batch GD with momentum and no weight decay."""
+    gen = seeded(seed)
+    angle = torch.pi * torch.rand(64, generator=gen, dtype=DTYPE)
+    labels = (torch.arange(64) % 2).to(DTYPE)
+    moon = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    x = torch.where(labels[:, None] == 1, torch.tensor([1.0, 0.3]) - moon, moon)
+    x = x + 0.05 * torch.randn(64, 2, generator=gen, dtype=DTYPE)
+    model = mlp(2, 8, 1)
+    batches = split(x, labels, 4)
+    problem = capture(run_dir, model, bce_logits, batches)
+    lr, steps = 0.1, 3000
+    save_at = SEPARABLE_SCHEDULE
+    train(
+        run_dir,
+        model,
+        bce_logits,
+        full_batch_sampler((x, labels)),
+        torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+        steps=steps,
+        save_at=save_at,
+        lr=lr,
+        log_every=5,
+    )
+    saved, facts = trajectory(problem, run_dir, save_at)
+    facts |= _separable_facts(problem, saved, (x, labels))
+    return scenario_info(
+        "no_critical_point",
+        "tanh_mlp",
+        optimizer="SGD(momentum=0.9), full batch",
+        description="half-moons separated by a tanh MLP under logistic loss: margins > 0, the loss "
+        "creeping toward 0 while ‖θ‖ grows and the curvature fades",
         target_loss=None,
         batch_size=64,
         lr=lr,

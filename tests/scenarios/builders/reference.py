@@ -82,6 +82,7 @@ class Problem:
         return torch.cat([tensors[n].reshape(-1).to(DTYPE) for n in self.names])
 
     def batch_loss(self, flat: Tensor, batch: Batch) -> Tensor:
+        batch = as_float64(batch)
         out = functional_call(self.model, self.unflatten(flat), batch[:-1])
         return self.loss_fn(out, batch[-1])
 
@@ -334,7 +335,8 @@ def step_reconstruction_error(problem: Problem, before: Saved, after: Saved) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _nearest(steps: Sequence[int], target: float) -> int:
+def nearest(steps: Sequence[int], target: float) -> int:
+    """The index of the step closest to ``target``."""
     return int(np.argmin([abs(s - target) for s in steps]))
 
 
@@ -348,7 +350,7 @@ def trajectory(
     """Every checkpoint read back, with its probe loss, validation loss and parameter norm."""
     saved = [load_saved(run_dir, problem, s) for s in steps]
     losses = [problem.value(s.flat) for s in saved]
-    mid = _nearest(steps, steps[-1] / 2)
+    mid = nearest(steps, steps[-1] / 2)
     finite = [
         bool(torch.isfinite(s.flat).all()) and math.isfinite(v)
         for s, v in zip(saved, losses, strict=True)
@@ -464,3 +466,18 @@ def adam_preconditioner(saved: Saved) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def plateau_span(
+    curve: Sequence[float], reference_step: int, *, within: float = 0.01
+) -> tuple[int, int | None]:
+    """The plateau of the exact loss curve through ``reference_step``: its first step (from which
+    the loss stays within ``within`` of its level at ``reference_step``) and the step it ends (the
+    first one after where the loss is more than ``within`` below that level; None if never)."""
+    level = curve[reference_step]
+    start = reference_step
+    while start > 0 and abs(curve[start - 1] - level) <= within * level:
+        start -= 1
+    after = range(reference_step, len(curve))
+    end = next((t for t in after if curve[t] < (1 - within) * level), None)
+    return start, end
