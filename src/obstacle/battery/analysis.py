@@ -27,7 +27,7 @@ from obstacle.battery.precision import choose_precision
 from obstacle.battery.presets import Preset, get_preset
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record
-from obstacle.battery.verdict import DEFAULT_THRESHOLDS, Thresholds, judge
+from obstacle.battery.verdict import DEFAULT_THRESHOLDS, Thresholds, judge_facts, run_facts
 from obstacle.errors import RunDirectoryError
 
 REPORT_SCHEMA = "obstacle.report/1"
@@ -303,6 +303,8 @@ def flat_record(ck: Checkpoint, details: Mapping[str, Record], **extra: float) -
         "preconditioned_lr_lambda_max": pre.get("lr_lambda_max"),
         "preconditioned_threshold": pre.get("threshold"),
         "escape_delta": min(deltas) if deltas else None,
+        "run_batch_size": ck.batch_size,
+        "probe_batch_size": noise.get("batch_size"),
         "noise_trace": noise.get("trace"),
         "noise_scale": noise.get("noise_scale"),
         "snr": noise.get("snr"),
@@ -392,9 +394,16 @@ def summarize_run(
         "run_level": (session.engine.cost - before).as_dict(),
         "checkpoints": _total_cost(ordered),
     }
-    verdict = judge(ordered, target_loss=target_loss, thresholds=limits)
+    facts = run_facts(ordered, limits)
+    verdict = judge_facts(facts, target_loss=target_loss, thresholds=limits)
     report: dict[str, Any] = to_json(
-        {"schema": REPORT_SCHEMA, "verdict": verdict, "checkpoints": ordered, "run": run}
+        {
+            "schema": REPORT_SCHEMA,
+            "verdict": verdict,
+            "facts": facts.as_dict(),
+            "checkpoints": ordered,
+            "run": run,
+        }
     )
     return report
 

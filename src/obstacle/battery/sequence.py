@@ -29,6 +29,7 @@ Record = Mapping[str, Any]
 __all__ = [
     "curvature_variation",
     "read_train_log",
+    "relative_trend",
     "train_log_uphill",
     "trends",
     "uphill_step_rate",
@@ -87,6 +88,31 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
         return None
     out = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     return out if math.isfinite(out) else None
+
+
+def relative_trend(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """(relative decrease, relative scatter) of a least-squares line through (step, J) points.
+
+    The decrease is −slope·(last step − first step)/mean J: how much the fitted line falls over
+    the span, as a fraction of the loss. The scatter is the residuals' RMS (n − 2 degrees of
+    freedom) over mean J. Two points give the plain relative change and no scatter. NaN when a
+    loss is missing or non-finite, or fewer than two points are given.
+    """
+    if len(points) < 2 or not all(
+        isinstance(j, int | float) and math.isfinite(j) for _, j in points
+    ):
+        return math.nan, math.nan
+    xs = [float(x) for x, _ in points]
+    ys = [float(y) for _, y in points]
+    mean_y = math.fsum(ys) / len(ys)
+    scale = max(abs(mean_y), 1e-12)
+    slope = _slope(xs, ys)
+    if len(points) == 2 or slope is None:
+        return (ys[0] - ys[-1]) / max(abs(ys[0]), 1e-12), 0.0
+    mean_x = math.fsum(xs) / len(xs)
+    residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in zip(xs, ys, strict=True)]
+    rms = math.sqrt(math.fsum(e * e for e in residuals) / (len(points) - 2))
+    return -slope * (xs[-1] - xs[0]) / scale, rms / scale
 
 
 def _sign(value: float) -> int:

@@ -1,511 +1,724 @@
-"""One rule per obstacle: weigh the evidence for it, or say why it is ruled out.
+"""One rule class per obstacle: named conditions over the facts, in the order they are checked.
 
-Every rule returns a :class:`Finding` whose confidence is in [0, 1], the checkpoints where the
-obstacle shows, the evidence lines (test, statement, value) and, when it is ruled out, the reason.
-Rules read only :class:`RunFacts` (the records) and the thresholds.
+A rule judges a :class:`~obstacle.battery.verdict.facts.Window` — the end of the run, or one
+stalled stretch of it found by the timeline — and returns a
+:class:`~obstacle.battery.verdict.conditions.Finding`. Its conditions are both the decision and
+the explanation (see :mod:`obstacle.battery.verdict.conditions` for how confidence follows from
+their margins). Rules read only facts and thresholds; nothing here touches a model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from obstacle.battery.verdict.evidence import RunFacts, finite, fmt, num
+from obstacle.battery.verdict.conditions import Condition, Evaluation, Finding, ramp
+from obstacle.battery.verdict.facts import (
+    CheckpointFacts,
+    RunFacts,
+    Window,
+    finite,
+    fmt,
+    percent,
+    times,
+)
 from obstacle.battery.verdict.thresholds import Thresholds
 
 
-@dataclass
-class Finding:
-    kind: str
-    confidence: float = 0.0
-    steps: list[int] = field(default_factory=list)
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-    reason: str = ""  # why it is ruled out (when confidence < threshold)
-    suggestion: str = ""
+@dataclass(frozen=True)
+class Context:
+    """What a rule may read: the run's facts, the window it judges, the limits and the target."""
 
-    def add(self, test: str, statement: str, value: float | None) -> None:
-        v = None if value is None or not finite(float(value)) else float(value)
-        self.evidence.append({"test": test, "statement": statement, "value": v})
+    facts: RunFacts
+    window: Window
+    thresholds: Thresholds
+    target_loss: float | None = None
 
 
-def _clip(x: float) -> float:
-    return 0.0 if not finite(x) else max(0.0, min(1.0, x))
+class Rule:
+    """An obstacle's rule. Subclasses set ``kind``, ``headline`` and write :meth:`evaluate`."""
+
+    kind: ClassVar[str]
+    headline: ClassVar[str]
+    episodic: ClassVar[bool] = False
+    """True when the obstacle can hold a stalled stretch of the run and then end (saddles,
+    conditioning, noise); False when it is judged on the run as a whole or only at its end."""
+    conditions: ClassVar[int]
+
+    def judge(self, ctx: Context) -> Finding:
+        finding = Finding(self.kind)
+        self.evaluate(ctx, Evaluation(finding, self.conditions))
+        return finding
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        raise NotImplementedError
 
 
-def _ramp(x: float, at: float, full: float) -> float:
-    """0 at ``at``, 1 at ``full`` (either direction), linear between; NaN gives 0."""
-    if not finite(x):
-        return 0.0
-    return _clip((x - at) / (full - at))
+def _stalled(ctx: Context) -> Condition:
+    w, t = ctx.window, ctx.thresholds
+    limit = (
+        max(t.plateau_rel, 2 * w.trend.scatter_rel)
+        if finite(w.trend.scatter_rel)
+        else t.plateau_rel
+    )
+    if not finite(w.trend.decrease_rel):
+        statement = "progress cannot be judged from a single checkpoint (or non-finite losses)"
+    elif w.stalled:
+        statement = (
+            f"the loss is on a plateau: {w.trend.describe()} (a plateau is below {percent(limit)})"
+        )
+    else:
+        statement = (
+            f"the loss is still falling: {w.trend.describe()} (a plateau is below {percent(limit)})"
+        )
+    return Condition("loss_stalled", w.stalled, statement, "loss", w.trend.decrease_rel, limit)
 
 
-def _late_fraction(
-    facts: RunFacts, key: str, predicate: Callable[[float], bool]
-) -> tuple[float, list[int]]:
-    values = [(int(r["step"]), num(r.get(key))) for r in facts.late]
-    known = [(s, v) for s, v in values if finite(v)]
-    if not known:
-        return math.nan, []
-    hits = [s for s, v in known if predicate(v)]
-    return len(hits) / len(known), hits
+def _full_step_descends(ctx: Context, otherwise: str) -> Condition:
+    """The optimizer's full-batch step lowers J at most of the window's checkpoints.
+
+    When it goes uphill at ``full_step_uphill_fraction`` or more of them, the step is too large
+    for the curvature: that, not ``otherwise``, is what stops progress.
+    """
+    w, t = ctx.window, ctx.thresholds
+    full_up = w.mean("full_step_uphill")
+    uphill = finite(full_up) and full_up >= t.full_step_uphill_fraction
+    return Condition(
+        "full_step_descends",
+        not uphill,
+        f"the optimizer's full-batch step goes uphill at {percent(full_up)} of these checkpoints"
+        + (
+            f": the step is too large for the curvature, not {otherwise}"
+            if uphill
+            else f" (too large from {percent(t.full_step_uphill_fraction)})"
+        ),
+        "steps",
+        full_up,
+        t.full_step_uphill_fraction,
+    )
 
 
 # -- divergence ------------------------------------------------------------------------------------
 
 
-def divergence(facts: RunFacts, t: Thresholds) -> Finding:
-    f = Finding("divergence")
-    finite_losses = [j for j in facts.losses if finite(j)]
-    ratio = (
-        max(finite_losses) / facts.first_loss
-        if finite_losses and facts.first_loss > 0
-        else math.nan
-    )
-    if facts.non_finite_steps:
-        first = facts.non_finite_steps[0]
-        f.confidence = 1.0
-        f.steps = facts.non_finite_steps
-        f.add("loss", f"the probe loss or the weights become non-finite from step {first} on", None)
-    elif finite(ratio) and ratio >= t.explosion_ratio:
-        f.confidence = _clip(0.5 + 0.5 * math.log10(ratio / t.explosion_ratio))
-        peak = max(
-            range(len(facts.losses)),
-            key=lambda i: facts.losses[i] if finite(facts.losses[i]) else -math.inf,
+class Divergence(Rule):
+    kind = "divergence"
+    headline = "The run diverged"
+    conditions = 1
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        facts, t = ctx.facts, ctx.thresholds
+        f = ev.finding
+        f.suggestion = (
+            "the step is far too large for the curvature: lower the learning rate (by 10× to start), "
+            "add warm-up and gradient clipping, and check the data for NaN/inf"
         )
-        f.steps = [facts.steps[peak]]
-        f.add("loss", f"the probe loss reaches {fmt(ratio)}× its first value", ratio)
-    else:
-        f.reason = (
-            "every probe loss and weight is finite and the loss never exceeds "
-            f"{fmt(ratio)}× its first value (explosion means ≥ {fmt(t.explosion_ratio)}×)"
+        ratio, peak_step = facts.explosion_ratio()
+        if facts.non_finite_steps:
+            first = facts.non_finite_steps[0]
+            f.steps = facts.non_finite_steps
+            ev.check(
+                Condition(
+                    "non_finite",
+                    True,
+                    f"the probe loss or the weights become non-finite from step {first} on",
+                    "loss",
+                )
+            )
+        elif finite(ratio) and ratio >= t.explosion_ratio:
+            f.steps = [peak_step] if peak_step is not None else []
+            ev.check(
+                Condition(
+                    "explosion",
+                    True,
+                    f"the probe loss climbs to {times(ratio)} its first value (an explosion is "
+                    f"{times(t.explosion_ratio)} or more)",
+                    "loss",
+                    ratio,
+                    t.explosion_ratio,
+                    ramp(
+                        math.log10(ratio),
+                        math.log10(t.explosion_ratio),
+                        math.log10(10 * t.explosion_ratio),
+                    ),
+                )
+            )
+        else:
+            peak = (
+                "it never rises above its first value"
+                if finite(ratio) and ratio <= 1
+                else f"its peak is {times(ratio)} its first value"
+            )
+            ev.check(
+                Condition(
+                    "explosion",
+                    False,
+                    f"every probe loss and weight is finite and {peak} (an explosion is "
+                    f"{times(t.explosion_ratio)} or more)",
+                    "loss",
+                    ratio,
+                    t.explosion_ratio,
+                )
+            )
+            return
+        worst = max(
+            (c.lr_lambda_max for c in facts.checkpoints if finite(c.lr_lambda_max)),
+            default=math.nan,
         )
-    lr = [num(r.get("lr_lambda_max")) for r in facts.records]
-    worst = max((x for x in lr if finite(x)), default=math.nan)
-    if f.confidence and finite(worst):
-        f.add("lanczos", f"lr·λmax reached {fmt(worst)} before the blow-up", worst)
-    f.suggestion = (
-        "the step is far too large for the curvature: lower the learning rate (by 10× to start), "
-        "add warm-up and gradient clipping, and check the data for NaN/inf"
-    )
-    return f
+        if finite(worst):
+            f.add("lanczos", f"lr·λmax reached {fmt(worst)} before the blow-up", worst)
 
 
 # -- overfitting -----------------------------------------------------------------------------------
 
 
-def overfitting(facts: RunFacts, t: Thresholds) -> Finding:
-    f = Finding("overfitting")
-    f.suggestion = (
-        "the model memorises the training set: add data or augmentation, regularise (weight "
-        "decay, dropout), shrink the model, or stop at the validation minimum"
-    )
-    if not facts.has_validation:
-        f.reason = (
-            "the probe has no validation batch, so train/validation divergence cannot be seen"
+class Overfitting(Rule):
+    kind = "overfitting"
+    headline = "The run overfits"
+    conditions = 2
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        facts, t = ctx.facts, ctx.thresholds
+        f = ev.finding
+        f.suggestion = (
+            "the model memorises the training set: add data or augmentation, regularise (weight "
+            "decay, dropout), shrink the model, or stop at the validation minimum"
         )
-        return f
-    rows = [
-        r
-        for r in facts.records
-        if finite(num(r.get("validation_loss"))) and finite(num(r.get("loss")))
-    ]
-    if len(rows) < 3:
-        f.reason = "fewer than three checkpoints have both training and validation loss"
-        return f
-    val = [num(r["validation_loss"]) for r in rows]
-    train = [num(r["loss"]) for r in rows]
-    best = min(range(len(val)), key=val.__getitem__)
-    rise = (val[-1] - val[best]) / max(abs(val[best]), 1e-12)
-    train_fall = (train[best] - train[-1]) / max(abs(train[best]), 1e-12)
-    if best < len(val) - 1 and rise >= t.validation_rise and train_fall > 0:
-        f.confidence = _clip(0.5 + 0.5 * _ramp(rise, t.validation_rise, 4 * t.validation_rise))
-        f.steps = [int(r["step"]) for r in rows[best + 1 :]]
-        f.add(
-            "validation",
-            f"validation loss rose {fmt(100 * rise)}% above its minimum at step {rows[best]['step']}",
-            rise,
+        rows = [c for c in facts.checkpoints if finite(c.validation_loss) and finite(c.loss)]
+        if not ev.check(
+            Condition(
+                "validation_measured",
+                len(rows) >= 3,
+                "the probe has no validation batch, so train/validation divergence cannot be seen"
+                if not facts.has_validation
+                else f"{len(rows)} checkpoints have both training and validation loss (three are needed)",
+                "validation",
+                len(rows),
+                3,
+            )
+        ):
+            return
+        best = min(range(len(rows)), key=lambda i: rows[i].validation_loss)
+        low, last = rows[best], rows[-1]
+        rise = (last.validation_loss - low.validation_loss) / max(abs(low.validation_loss), 1e-12)
+        train_fall = (low.loss - last.loss) / max(abs(low.loss), 1e-12)
+        holds = best < len(rows) - 1 and rise >= t.validation_rise and train_fall > 0
+        if holds:
+            statement = (
+                f"the validation loss rose {percent(rise)} above its minimum at step {low.step} while "
+                f"the training loss fell a further {percent(train_fall)} (overfitting is a rise of "
+                f"{percent(t.validation_rise)} or more)"
+            )
+            f.steps = [c.step for c in rows[best + 1 :]]
+        else:
+            statement = (
+                f"the validation loss ends {percent(max(rise, 0.0))} above its minimum (overfitting "
+                f"needs {percent(t.validation_rise)} or more while the training loss still falls)"
+            )
+        ev.check(
+            Condition(
+                "validation_rises",
+                holds,
+                statement,
+                "validation",
+                rise,
+                t.validation_rise,
+                ramp(rise, t.validation_rise, 4 * t.validation_rise),
+            )
         )
-        f.add(
-            "loss", f"while the training loss fell a further {fmt(100 * train_fall)}%", train_fall
-        )
-    else:
-        f.reason = (
-            f"the validation loss ends {fmt(100 * max(rise, 0.0))}% above its minimum "
-            f"(overfitting needs ≥ {fmt(100 * t.validation_rise)}% while the training loss still falls)"
-        )
-    return f
 
 
 # -- saddle point and local minimum ----------------------------------------------------------------
 
 
-def _negative_curvature(r: dict[str, Any], t: Thresholds) -> bool:
-    lmin, lmax = num(r.get("lambda_min")), num(r.get("lambda_max"))
-    if not (finite(lmin) and finite(lmax)):
-        return False
-    scale = max(abs(lmax), abs(lmin), 1e-300)
-    return lmin < -t.negative_curvature_rel * scale
+def negative_curvature(c: CheckpointFacts, t: Thresholds) -> bool:
+    """λmin < −negative_curvature_rel·max|λ|."""
+    return finite(c.negative_curvature_rel) and c.negative_curvature_rel > t.negative_curvature_rel
 
 
-def _escapes(r: dict[str, Any], t: Thresholds) -> bool:
-    drop = num(r.get("escape_delta"))
-    loss = num(r.get("loss"))
-    return finite(drop) and finite(loss) and drop < -t.escape_rel * max(abs(loss), 1e-12)
+def escapes(c: CheckpointFacts, t: Thresholds) -> bool:
+    """Stepping along the λmin eigenvector lowers J by more than escape_rel of |J|."""
+    return finite(c.escape_drop_rel) and c.escape_drop_rel > t.escape_rel
 
 
-def saddle_point(facts: RunFacts, t: Thresholds) -> Finding:
-    f = Finding("saddle_point")
-    saddle_rows = [r for r in facts.late if _negative_curvature(r, t) and _escapes(r, t)]
-    neg_rows = [r for r in facts.late if _negative_curvature(r, t)]
-    last = facts.late[-1]
-    lmin, lmax = num(last.get("lambda_min")), num(last.get("lambda_max"))
-    f.suggestion = (
-        f"negative curvature {fmt(lmin)} along a direction that lowers the loss — momentum, "
-        "gradient noise, a larger initialisation or a curvature-aware step (e.g. saddle-free "
-        "Newton) escapes it"
+def gradient_collapsed(c: CheckpointFacts, facts: RunFacts, t: Thresholds) -> bool:
+    """‖g‖ below small_gradient_rel of its peak over the run."""
+    return (
+        finite(c.grad_norm)
+        and finite(facts.peak_grad_norm)
+        and c.grad_norm <= t.small_gradient_rel * facts.peak_grad_norm
     )
-    if not neg_rows:
-        f.reason = (
-            f"λmin = {fmt(lmin)} against λmax = {fmt(lmax)}: no clearly negative eigenvalue in the "
-            f"late checkpoints (needs λmin < −{fmt(t.negative_curvature_rel)}·max|λ|)"
+
+
+def noise_floor(w: Window, t: Thresholds) -> bool:
+    """Noise dominates at the run's batch size and a clean full-batch step would gain at least
+    ``noise_signal`` of a typical minibatch step's change: the run is held above a floor by noise."""
+    ratio = w.median("noise_to_batch")
+    signal = w.median("full_step_gain_rel_minibatch")
+    return (
+        w.last.run_batch_size is not None
+        and finite(ratio)
+        and ratio * t.snr_noisy > 1.0
+        and finite(signal)
+        and signal >= t.noise_signal
+    )
+
+
+class SaddlePoint(Rule):
+    kind = "saddle_point"
+    headline = "The run is stuck at a saddle point"
+    episodic = True
+    conditions = 6
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        w, t = ctx.window, ctx.thresholds
+        f = ev.finding
+        negative = [c for c in w.checkpoints if negative_curvature(c, t)]
+        saddles = [c for c in negative if escapes(c, t)]
+        # The one checkpoint every sentence, section and plot cites for this window.
+        cited = max(
+            saddles or negative or [w.last],
+            key=lambda c: (
+                c.negative_curvature_rel if finite(c.negative_curvature_rel) else -math.inf
+            ),
         )
-        return f
-    if not saddle_rows:
-        f.reason = (
-            f"λmin = {fmt(lmin)} is negative but stepping along its eigenvector does not lower the "
-            "loss (the escape certificate fails), so it is not an escapable saddle"
+        f.shown_at = cited.step
+        f.suggestion = (
+            f"negative curvature {fmt(cited.lambda_min)} along a direction that lowers the loss — "
+            "momentum, gradient noise, a larger initialisation or a curvature-aware step (e.g. "
+            "saddle-free Newton) escapes it"
         )
-        return f
-    if not facts.plateau:
-        f.reason = (
-            f"negative curvature (λmin = {fmt(lmin)}) is present but {_progress(facts)}, so a stall "
-            "at it is not shown"
+        if not ev.check(
+            Condition(
+                "negative_curvature",
+                bool(negative),
+                f"λmin = {fmt(cited.lambda_min)} against λmax = {fmt(cited.lambda_max)} at step "
+                f"{cited.step} (clearly negative is below −{fmt(t.negative_curvature_rel)}·max|λ|)",
+                "lanczos",
+                cited.lambda_min,
+                -t.negative_curvature_rel,
+                ramp(cited.negative_curvature_rel, t.negative_curvature_rel, 0.2),
+            )
+        ):
+            return
+        if not ev.check(
+            Condition(
+                "escape_descends",
+                bool(saddles),
+                f"stepping along the λmin eigenvector at step {cited.step} lowers the probe loss by "
+                f"{percent(cited.escape_drop_rel)} (an escapable saddle lowers it by more than "
+                f"{percent(t.escape_rel)})",
+                "escape",
+                cited.escape_delta,
+                t.escape_rel,
+                len(saddles) / len(w.checkpoints),
+            )
+        ):
+            return
+        f.steps = [c.step for c in saddles]
+        if not ev.check(_stalled(ctx)):
+            return
+        if not ev.check(_full_step_descends(ctx, "held at a saddle")):
+            return
+        gain = w.median("gradient_step_gain_rel")
+        if not ev.check(
+            Condition(
+                "near_critical_point",
+                finite(gain) and gain < t.critical_gain_rel,
+                f"a gradient step of lr = 1/λmax would lower the loss by at least {percent(gain)} here "
+                f"(‖g‖ = {fmt(w.last.grad_norm)} at step {w.last.step}; near a critical point that is "
+                f"under {percent(t.critical_gain_rel)})",
+                "gradient",
+                gain,
+                t.critical_gain_rel,
+                ramp(
+                    -math.log10(gain),
+                    -math.log10(t.critical_gain_rel),
+                    2 - math.log10(t.critical_gain_rel),
+                )
+                if finite(gain) and gain > 0
+                else 1.0,
+            )
+        ):
+            return
+        floor = noise_floor(w, t)
+        ev.check(
+            Condition(
+                "not_a_noise_floor",
+                not floor,
+                (
+                    f"the noise of the run's {w.last.judged_batch_size}-example steps dominates "
+                    f"(B_noise/B = {fmt(w.median('noise_to_batch'))}) while a clean step would gain "
+                    f"{times(w.median('full_step_gain_rel_minibatch'))} a minibatch step's change: noise, "
+                    "not the negative curvature, holds the run"
+                )
+                if floor
+                else "no noise floor: a clean full-batch step would not gain much more than a noisy one",
+                "noise",
+                w.median("noise_to_batch"),
+            )
         )
-        f.steps = [int(r["step"]) for r in saddle_rows]
-        f.confidence = 0.25
-        return f
-    share = len(saddle_rows) / len(facts.late)
-    ratio = min(
-        abs(num(r["lambda_min"])) / max(abs(num(r["lambda_max"])), abs(num(r["lambda_min"])))
-        for r in saddle_rows
-    )
-    f.confidence = _clip(0.55 + 0.25 * share + 0.2 * _ramp(ratio, t.negative_curvature_rel, 0.2))
-    f.steps = [int(r["step"]) for r in saddle_rows]
-    strongest = min(
-        saddle_rows, key=lambda r: num(r["lambda_min"]) / max(abs(num(r["lambda_max"])), 1e-300)
-    )
-    f.add(
-        "lanczos",
-        f"λmin = {fmt(num(strongest['lambda_min']))} against λmax = {fmt(num(strongest['lambda_max']))} at step {strongest['step']}",
-        num(strongest["lambda_min"]),
-    )
-    f.add(
-        "escape",
-        f"stepping along that eigenvector lowers the probe loss by {fmt(-num(strongest['escape_delta']))}",
-        num(strongest["escape_delta"]),
-    )
-    f.add(
-        "loss",
-        f"the loss is on a plateau: it fell {fmt(100 * facts.late_progress)}% over the second half",
-        facts.late_progress,
-    )
-    if finite(facts.last_grad):
-        f.add(
-            "gradient",
-            f"‖g‖ = {fmt(facts.last_grad)} at the last checkpoint (peak {fmt(facts.peak_grad)})",
-            facts.last_grad,
-        )
-    return f
 
 
-def local_minimum(facts: RunFacts, t: Thresholds, target_loss: float | None) -> Finding:
-    f = Finding("local_minimum")
-    last = facts.late[-1]
-    lmin, lmax = num(last.get("lambda_min")), num(last.get("lambda_max"))
-    f.suggestion = (
-        f"the run sits in a minimum at loss {fmt(facts.last_loss)} above the target {fmt(target_loss or math.nan)}: "
-        "restart from another initialisation, widen the model, or use a schedule with larger early "
-        "steps or noise to reach a better basin"
-    )
-    if not facts.plateau:
-        f.reason = f"{_progress(facts)}: no minimum reached yet is shown"
-        return f
-    if _negative_curvature(last, t) and _escapes(last, t):
-        f.reason = f"λmin = {fmt(lmin)} is clearly negative and escapable: a saddle, not a minimum"
-        return f
-    if target_loss is None:
-        f.reason = f"the run converged to a minimum at loss {fmt(facts.last_loss)} and no target loss was declared, so it counts as healthy"
-        return f
-    if facts.last_loss <= target_loss:
-        f.reason = f"the minimum's loss {fmt(facts.last_loss)} meets the target {fmt(target_loss)}"
-        return f
-    gap = (facts.last_loss - target_loss) / max(abs(target_loss), abs(facts.last_loss), 1e-12)
-    grad_small = (
-        finite(facts.last_grad)
-        and finite(facts.peak_grad)
-        and facts.last_grad <= t.small_gradient_rel * facts.peak_grad
-    )
-    f.confidence = _clip(0.6 + 0.2 * (1.0 if grad_small else 0.0) + 0.2 * _ramp(gap, 0.0, 0.5))
-    f.steps = [int(r["step"]) for r in facts.late]
-    f.add(
-        "loss",
-        f"the loss plateaued at {fmt(facts.last_loss)}, above the target {fmt(target_loss)}",
-        facts.last_loss,
-    )
-    f.add(
-        "lanczos",
-        f"λmin = {fmt(lmin)} against λmax = {fmt(lmax)}: no significant negative curvature",
-        lmin,
-    )
-    f.add(
-        "gradient",
-        f"‖g‖ = {fmt(facts.last_grad)}, {fmt(facts.last_grad / facts.peak_grad if facts.peak_grad else math.nan)} of its peak",
-        facts.last_grad,
-    )
-    return f
+class LocalMinimum(Rule):
+    kind = "local_minimum"
+    headline = "The run is stuck in a local minimum above the target loss"
+    conditions = 4
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        facts, w, t, target = ctx.facts, ctx.window, ctx.thresholds, ctx.target_loss
+        f = ev.finding
+        last = w.last
+        f.suggestion = (
+            f"the run sits in a minimum at loss {fmt(last.loss)} above the target "
+            f"{fmt(target if target is not None else math.nan)}: restart from another "
+            "initialisation, widen the model, or use a schedule with larger early steps or noise to "
+            "reach a better basin"
+        )
+        if not ev.check(_stalled(ctx)):
+            return
+        saddle = negative_curvature(last, t) and escapes(last, t)
+        if not ev.check(
+            Condition(
+                "no_escape",
+                not saddle,
+                f"λmin = {fmt(last.lambda_min)} against λmax = {fmt(last.lambda_max)} at step {last.step}: "
+                + (
+                    "clearly negative and escapable, a saddle, not a minimum"
+                    if saddle
+                    else "no escapable negative curvature"
+                ),
+                "lanczos",
+                last.lambda_min,
+            )
+        ):
+            return
+        if not ev.check(
+            Condition(
+                "target_declared",
+                target is not None,
+                f"the run converged to a minimum at loss {fmt(last.loss)} and no target loss was "
+                "declared, so it counts as healthy",
+                "loss",
+            )
+        ):
+            return
+        assert target is not None
+        gap = (last.loss - target) / max(abs(target), abs(last.loss), 1e-12)
+        above = finite(last.loss) and last.loss > target
+        ev.check(
+            Condition(
+                "above_target",
+                above,
+                f"the loss plateaued at {fmt(last.loss)}, "
+                + (
+                    f"above the target {fmt(target)}"
+                    if above
+                    else f"which meets the target {fmt(target)}"
+                ),
+                "loss",
+                last.loss,
+                target,
+                ramp(gap, 0.0, 0.5),
+            )
+        )
+        if above:
+            f.steps = w.steps
+            small = gradient_collapsed(last, facts, t)
+            f.add(
+                "gradient",
+                f"‖g‖ = {fmt(last.grad_norm)}, {percent(last.grad_norm / facts.peak_grad_norm) if finite(facts.peak_grad_norm) and facts.peak_grad_norm else 'n/a'} of its peak"
+                + (" (collapsed)" if small else ""),
+                last.grad_norm,
+            )
 
 
 # -- conditioning and noise ------------------------------------------------------------------------
 
 
-def _stability_ratio(r: dict[str, Any]) -> float:
-    """lr·λmax over its threshold, using the preconditioned sharpness for adaptive optimizers."""
-    pre, pre_thr = (
-        num(r.get("preconditioned_lr_lambda_max")),
-        num(r.get("preconditioned_threshold")),
-    )
-    if finite(pre) and finite(pre_thr) and pre_thr > 0:
-        return pre / pre_thr
-    lr_l, thr = num(r.get("lr_lambda_max")), num(r.get("stability_threshold"))
-    return lr_l / thr if finite(lr_l) and finite(thr) and thr > 0 else math.nan
+class PoorConditioning(Rule):
+    kind = "poor_conditioning"
+    headline = "The run is held back by poor conditioning"
+    episodic = True
+    conditions = 2
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        facts, w, t = ctx.facts, ctx.window, ctx.thresholds
+        f = ev.finding
+        ratios = [(c, c.stability_ratio) for c in w.checkpoints if finite(c.stability_ratio)]
+        worst_c, worst = max(ratios, key=lambda cr: cr[1]) if ratios else (w.last, math.nan)
+        label = "lr·λmax(P⁻¹H)" if worst_c.preconditioned else "lr·λmax"
+        value = (
+            worst_c.preconditioned_lr_lambda_max
+            if worst_c.preconditioned
+            else worst_c.lr_lambda_max
+        )
+        limit = (
+            worst_c.preconditioned_threshold
+            if worst_c.preconditioned
+            else worst_c.stability_threshold
+        )
+        f.suggestion = (
+            f"{label} = {fmt(value)} against its stability limit {fmt(limit)} — lower the learning "
+            "rate, add warm-up, or improve conditioning (normalise inputs and layers, use a preconditioner)"
+        )
+        at_edge = [c.step for c, q in ratios if q >= t.edge_of_stability]
+        if not ev.check(
+            Condition(
+                "edge_of_stability",
+                bool(at_edge),
+                f"{label} = {fmt(value)} at step {worst_c.step}, {fmt(worst)}× the optimizer's stability "
+                f"threshold {fmt(limit)} (the edge is {fmt(t.edge_of_stability)}×)",
+                "lanczos",
+                worst,
+                t.edge_of_stability,
+                ramp(worst, t.edge_of_stability, 1.5),
+            )
+        ):
+            return
+        ups = [c for c in w.checkpoints if finite(c.full_step_uphill)]
+        up_steps = [c.step for c in ups if c.full_step_uphill >= 0.5]
+        full_up = len(up_steps) / len(ups) if ups else math.nan
+        full_uphill = finite(full_up) and full_up >= t.full_step_uphill_fraction
+        rate = w.uphill_rate
+        bouncing = finite(rate) and rate >= t.uphill_rate
+        held = full_uphill or bouncing or w.stalled
+        parts = []
+        if finite(full_up):
+            parts.append(
+                f"the optimizer's full-batch step goes uphill at {percent(full_up)} of these checkpoints "
+                f"(too large at {percent(t.full_step_uphill_fraction)})"
+            )
+        if finite(rate):
+            parts.append(
+                f"the probe loss rose between {percent(rate)} of consecutive checkpoints (bouncing at "
+                f"{percent(t.uphill_rate)})"
+            )
+        parts.append("the loss is on a plateau" if w.stalled else "the loss keeps falling")
+        ev.check(
+            Condition(
+                "held_back",
+                held,
+                "; ".join(parts),
+                "steps",
+                full_up,
+                t.full_step_uphill_fraction,
+                (float(full_uphill) + float(bouncing) + float(w.stalled)) / 3 if held else 0.0,
+            )
+        )
+        if held:
+            f.steps = sorted(set(at_edge) | set(up_steps))
+            if finite(facts.curvature_cv):
+                f.add(
+                    "curvature",
+                    f"gᵀHg/gᵀg varies with a coefficient of variation of {fmt(facts.curvature_cv)} over the run",
+                    facts.curvature_cv,
+                )
 
 
-def poor_conditioning(facts: RunFacts, t: Thresholds) -> Finding:
-    f = Finding("poor_conditioning")
-    ratios = [_stability_ratio(r) for r in facts.late]
-    at_edge = [
-        int(r["step"])
-        for r, q in zip(facts.late, ratios, strict=True)
-        if finite(q) and q >= t.edge_of_stability
-    ]
-    full_up, full_steps = _late_fraction(facts, "full_step_uphill", lambda v: v >= 0.5)
-    worst = max((q for q in ratios if finite(q)), default=math.nan)
-    last = facts.late[-1]
-    lr_l = num(last.get("preconditioned_lr_lambda_max"))
-    label = "lr·λmax(P⁻¹H)" if finite(lr_l) else "lr·λmax"
-    lr_l = lr_l if finite(lr_l) else num(last.get("lr_lambda_max"))
-    thr = (
-        num(last.get("preconditioned_threshold"))
-        if finite(num(last.get("preconditioned_threshold")))
-        else num(last.get("stability_threshold"))
-    )
-    f.suggestion = (
-        f"{label} = {fmt(lr_l)} against its stability limit {fmt(thr)} — lower the learning rate, add "
-        "warm-up, or improve conditioning (normalise inputs and layers, use a preconditioner)"
-    )
-    bouncing = finite(facts.uphill_rate) and facts.uphill_rate >= t.uphill_rate
-    full_uphill = finite(full_up) and full_up >= t.full_step_uphill_fraction
-    stalled = facts.plateau or bouncing
-    if not at_edge:
-        # Below the threshold a plain-SGD step cannot go uphill along the gradient (that needs
-        # lr·gᵀHg/gᵀg > 2 ≤ lr·λmax); a momentum step that overshoots there is ordinary
-        # momentum, not a step too large for the curvature.
-        f.reason = (
-            f"{label} peaks at {fmt(worst)}× its stability threshold in the late checkpoints "
-            f"(the edge is {fmt(t.edge_of_stability)}×): the step fits the curvature"
-        )
-        return f
-    if not (full_uphill or stalled):
-        f.reason = (
-            f"{label} is at the edge of stability ({fmt(worst)}× the threshold) but the loss keeps "
-            "falling and full-batch steps go downhill: the run is stable at the edge, not held back"
-        )
-        f.confidence = 0.3
-        return f
-    f.confidence = _clip(
-        0.5
-        + 0.2 * (1.0 if full_uphill else 0.0)
-        + 0.15 * _ramp(worst, t.edge_of_stability, 1.5)
-        + 0.15 * (1.0 if bouncing else 0.0)
-    )
-    f.steps = sorted(set(at_edge) | set(full_steps))
-    f.add("lanczos", f"{label} = {fmt(lr_l)} against the stability threshold {fmt(thr)}", lr_l)
-    if finite(full_up):
-        f.add(
-            "steps",
-            f"the optimizer's full-batch step goes uphill at {fmt(100 * full_up)}% of the late checkpoints",
-            full_up,
-        )
-    if finite(facts.uphill_rate):
-        f.add(
-            "uphill_step_rate",
-            f"the probe loss rose between {facts.uphill_pairs} of {facts.pairs} consecutive checkpoints",
-            facts.uphill_rate,
-        )
-    cv = facts.curvature_cv
-    if finite(cv):
-        f.add(
-            "curvature",
-            f"gᵀHg/gᵀg varies with a coefficient of variation of {fmt(cv)} over the run",
-            cv,
-        )
-    return f
+class GradientNoise(Rule):
+    kind = "gradient_noise"
+    headline = "The run is held back by gradient noise"
+    episodic = True
+    conditions = 5
 
-
-def gradient_noise(facts: RunFacts, t: Thresholds, target_loss: float | None) -> Finding:
-    f = Finding("gradient_noise")
-    _mini, mini_steps = _late_fraction(
-        facts, "uphill_fraction_minibatch", lambda v: v >= t.minibatch_uphill_fraction
-    )
-    mean_mini = _mean(facts, "uphill_fraction_minibatch")
-    full_up = _mean(facts, "full_step_uphill")
-    snr = _median(facts, "snr")
-    f.suggestion = (
-        f"minibatch steps go uphill {fmt(100 * mean_mini)}% of the time while the full-batch step "
-        "descends — raise the batch size, lower the learning rate (or decay it), or average "
-        "gradients over more steps"
-    )
-    if not finite(mean_mini):
-        f.reason = "the simulated minibatch steps were not computed (needs ≥ 2 probe batches and a known lr)"
-        return f
-    if mean_mini < t.minibatch_uphill_fraction:
-        f.reason = (
-            f"only {fmt(100 * mean_mini)}% of minibatch steps go uphill on the full probe loss in the late "
-            f"checkpoints (noise-dominated means ≥ {fmt(100 * t.minibatch_uphill_fraction)}%)"
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        w, t, target = ctx.window, ctx.thresholds, ctx.target_loss
+        f = ev.finding
+        last = w.last
+        mini = w.mean("minibatch_uphill_fraction")
+        ratio = w.median("noise_to_batch")
+        batch = last.judged_batch_size
+        run_known = last.run_batch_size is not None
+        f.suggestion = (
+            f"the noise of a {batch or '?'}-example step outweighs its signal — raise the batch size "
+            "(toward B_noise), lower or decay the learning rate, or average gradients over more steps"
         )
-        return f
-    if finite(full_up) and full_up >= 0.5:
-        f.reason = "the full-batch step goes uphill too: the step is too large for the curvature, not (only) noisy"
-        return f
-    if target_loss is not None and facts.last_loss <= target_loss:
-        f.reason = f"the loss {fmt(facts.last_loss)} already meets the target {fmt(target_loss)}"
-        return f
-    signal = _median(facts, "noise_signal")
-    if not (finite(signal) and signal >= t.noise_signal):
-        # At a minimum every minibatch step goes uphill (the full gradient is zero), but there
-        # is nothing left for a cleaner step to gain: that is convergence, not a noise floor.
-        f.reason = (
-            f"minibatch steps go uphill ({fmt(100 * mean_mini)}%) but the full-batch step would gain only "
-            f"{fmt(signal)}× a typical minibatch change (a noise floor needs ≥ {fmt(t.noise_signal)}×): "
-            "the run sits at a critical point, not held above one by noise"
-        )
-        return f
-    if not facts.plateau:
-        f.reason = (
-            f"minibatch steps are noisy ({fmt(100 * mean_mini)}% uphill) but {_progress(facts)}"
-        )
-        f.confidence = 0.3
-        return f
-    noisy = finite(snr) and snr < t.snr_noisy
-    f.confidence = _clip(
-        0.55
-        + 0.25 * _ramp(mean_mini, t.minibatch_uphill_fraction, 0.5)
-        + 0.2 * (1.0 if noisy else 0.0)
-    )
-    f.steps = mini_steps
-    f.add(
-        "steps",
-        f"{fmt(100 * mean_mini)}% of simulated minibatch steps go uphill on the full probe loss",
-        mean_mini,
-    )
-    f.add(
-        "steps",
-        f"while the full-batch step goes downhill, gaining {fmt(signal)}× a typical minibatch change",
-        signal,
-    )
-    if finite(snr):
-        f.add("noise", f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)}", snr)
-    scale = _median(facts, "noise_scale")
-    if finite(scale):
-        f.add("noise", f"noise scale B_simple = {fmt(scale)} examples", scale)
-    f.add(
-        "loss",
-        f"the loss is on a plateau ({fmt(100 * facts.late_progress)}% over the second half)",
-        facts.late_progress,
-    )
-    return f
+        simulated_noisy = finite(mini) and mini >= t.minibatch_uphill_fraction
+        # The simulated steps use the probe's batches; the run's own batch may be much smaller,
+        # so its noise is judged from the per-example noise scale against the run's batch size.
+        batch_noisy = run_known and finite(ratio) and ratio * t.snr_noisy > 1.0
+        statement_parts = []
+        if finite(mini):
+            statement_parts.append(
+                f"{percent(mini)} of simulated minibatch steps (probe batches of "
+                f"{last.probe_batch_size or '?'}) go uphill on the full probe loss (noisy at "
+                f"{percent(t.minibatch_uphill_fraction)})"
+            )
+        if finite(ratio):
+            statement_parts.append(
+                f"B_noise = {fmt(w.median('noise_scale_examples'))} examples against the "
+                f"{'run' if run_known else 'probe'}'s batch of {batch}: B_noise/B = {fmt(ratio)} "
+                f"(noise-dominated above {fmt(1 / t.snr_noisy)})"
+            )
+        if not ev.check(
+            Condition(
+                "noise_dominates",
+                simulated_noisy or batch_noisy,
+                "; ".join(statement_parts)
+                or "the gradient noise was not measured (needs ≥ 2 probe batches and a known lr)",
+                "noise",
+                ratio if batch_noisy else mini,
+                1 / t.snr_noisy if batch_noisy else t.minibatch_uphill_fraction,
+                max(
+                    ramp(mini, t.minibatch_uphill_fraction, 0.5),
+                    ramp(
+                        math.log10(ratio),
+                        math.log10(1 / t.snr_noisy),
+                        1 + math.log10(1 / t.snr_noisy),
+                    )
+                    if batch_noisy
+                    else 0.0,
+                ),
+            )
+        ):
+            return
+        if not ev.check(_full_step_descends(ctx, "(only) noisy")):
+            return
+        if not ev.check(
+            Condition(
+                "target_not_met",
+                target is None or not (finite(last.loss) and last.loss <= target),
+                f"the loss {fmt(last.loss)} "
+                + (
+                    f"already meets the target {fmt(target)}"
+                    if target is not None and last.loss <= target
+                    else "is above any declared target"
+                ),
+                "loss",
+                last.loss,
+                target,
+            )
+        ):
+            return
+        signal = w.median("full_step_gain_rel_minibatch")
+        if not ev.check(
+            Condition(
+                "something_to_gain",
+                finite(signal) and signal >= t.noise_signal,
+                f"a clean full-batch step would gain {times(signal)} a typical minibatch step's change "
+                f"(a noise floor needs {times(t.noise_signal)} or more; near 0 the run sits at a critical "
+                "point, not held above one by noise)",
+                "steps",
+                signal,
+                t.noise_signal,
+            )
+        ):
+            return
+        if ev.check(_stalled(ctx)):
+            f.steps = (
+                w.steps
+                if batch_noisy
+                else [
+                    c.step
+                    for c in w.checkpoints
+                    if finite(c.minibatch_uphill_fraction)
+                    and c.minibatch_uphill_fraction >= t.minibatch_uphill_fraction
+                ]
+                or w.steps
+            )
+            snr = w.median("snr_probe_batch")
+            if finite(snr):
+                f.add(
+                    "noise",
+                    f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)} at the probe's batch size",
+                    snr,
+                )
 
 
 # -- no critical point -----------------------------------------------------------------------------
 
 
-def no_critical_point(facts: RunFacts, t: Thresholds) -> Finding:
-    f = Finding("no_critical_point")
-    f.suggestion = (
-        "the loss has no minimum to reach (e.g. logistic loss on separable data): the weights grow "
-        "without bound — add weight decay or label smoothing, or stop on a margin/accuracy criterion"
-    )
-    norms = facts.column("param_norm")
-    half = len(norms) // 2
-    if len(norms) < 3 or not all(finite(x) for x in norms[half:]) or norms[half] <= 0:
-        f.reason = "too few finite parameter norms to measure growth"
-        return f
-    growth = norms[-1] / norms[half] - 1.0
-    monotone = all(b >= a for a, b in zip(norms[half:], norms[half + 1 :], strict=False))
-    # "Creeping down" is real progress, not a plateau: ~1/t decay loses a third over the last third.
-    descending = finite(facts.late_progress) and not facts.plateau
-    if not (growth >= t.norm_growth and monotone and descending):
-        f.reason = (
-            f"‖θ‖ grew {fmt(100 * growth)}% over the second half"
-            + ("" if monotone else " (not steadily)")
-            + ("" if descending else " and the loss is not still descending")
-            + f" (no critical point needs steady growth ≥ {fmt(100 * t.norm_growth)}% while the loss creeps down)"
+class NoCriticalPoint(Rule):
+    kind = "no_critical_point"
+    headline = "The loss has no critical point to reach"
+    conditions = 3
+
+    def evaluate(self, ctx: Context, ev: Evaluation) -> None:
+        facts, t = ctx.facts, ctx.thresholds
+        f = ev.finding
+        f.suggestion = (
+            "the loss has no minimum to reach (e.g. logistic loss on separable data): the weights grow "
+            "without bound — add weight decay or label smoothing, or stop on a margin/accuracy criterion"
         )
-        return f
-    cos = num(facts.late[-1].get("grad_param_cosine"))
-    outward = finite(cos) and -cos >= t.outward_cosine
-    lmax = facts.column("lambda_max")
-    peak = max((x for x in lmax if finite(x)), default=math.nan)
-    fade = lmax[-1] / peak if finite(peak) and peak > 0 and finite(lmax[-1]) else math.nan
-    fading = finite(fade) and fade <= t.curvature_fade
-    if not (outward and fading):
-        f.reason = (
-            f"‖θ‖ grows ({fmt(100 * growth)}%) but "
-            + (
-                ""
-                if outward
-                else f"the descent direction does not point outward (cos(−g, θ) = {fmt(-cos)})"
+        norms = [c.param_norm for c in facts.checkpoints]
+        half = len(norms) // 2
+        measurable = len(norms) >= 3 and all(finite(x) for x in norms[half:]) and norms[half] > 0
+        growth = norms[-1] / norms[half] - 1.0 if measurable else math.nan
+        steady = measurable and all(
+            b >= a for a, b in zip(norms[half:], norms[half + 1 :], strict=False)
+        )
+        descending = finite(facts.progress.decrease_rel) and not facts.late.stalled
+        grows = measurable and growth >= t.norm_growth and steady and descending
+        if not measurable:
+            statement = "too few finite parameter norms to measure growth"
+        else:
+            statement = (
+                f"‖θ‖ grew {percent(growth)} over the second half of the run"
+                + (", steadily" if steady else " (not steadily)")
+                + (
+                    f", while the loss keeps creeping down ({facts.progress.describe()})"
+                    if descending
+                    else " and the loss is not still descending"
+                )
+                + f" (no critical point needs steady growth of {percent(t.norm_growth)} or more while the loss creeps down)"
             )
-            + (" and " if not outward and not fading else "")
-            + ("" if fading else f"the curvature does not fade (λmax at {fmt(fade)} of its peak)")
+        if not ev.check(
+            Condition("norm_grows", grows, statement, "gradient", growth, t.norm_growth)
+        ):
+            return
+        cos = facts.checkpoints[-1].grad_param_cosine
+        outward = finite(cos) and -cos >= t.outward_cosine
+        if not ev.check(
+            Condition(
+                "descent_outward",
+                outward,
+                f"cos(−g, θ) = {fmt(-cos)}: "
+                + (
+                    "descent pushes the weights outward"
+                    if outward
+                    else "the descent direction does not point outward"
+                )
+                + f" (outward is {fmt(t.outward_cosine)} or more)",
+                "gradient",
+                -cos,
+                t.outward_cosine,
+                ramp(-cos, t.outward_cosine, 0.9),
+            )
+        ):
+            return
+        lmax = [c.lambda_max for c in facts.checkpoints]
+        peak = max((x for x in lmax if finite(x)), default=math.nan)
+        fade = lmax[-1] / peak if finite(peak) and peak > 0 and finite(lmax[-1]) else math.nan
+        fading = finite(fade) and fade <= t.curvature_fade
+        ev.check(
+            Condition(
+                "curvature_fades",
+                fading,
+                f"λmax is at {percent(fade)} of its peak (fading is {percent(t.curvature_fade)} or less)",
+                "lanczos",
+                fade,
+                t.curvature_fade,
+                ramp(1 - fade, 1 - t.curvature_fade, 0.9),
+            )
         )
-        f.confidence = 0.35 if (outward or fading) else 0.2
-        return f
-    f.confidence = _clip(
-        0.6 + 0.4 * _ramp(-cos, t.outward_cosine, 0.9) * _ramp(1 - fade, 1 - t.curvature_fade, 0.9)
-    )
-    f.steps = [int(r["step"]) for r in facts.late]
-    f.add(
-        "gradient",
-        f"‖θ‖ grew {fmt(100 * growth)}% over the second half of the run, steadily",
-        growth,
-    )
-    f.add(
-        "loss",
-        f"while the loss keeps creeping down ({fmt(100 * facts.late_progress)}% over the second half) toward {fmt(facts.last_loss)}",
-        facts.last_loss,
-    )
-    if outward:
-        f.add("gradient", f"cos(−g, θ) = {fmt(-cos)}: descent pushes the weights outward", -cos)
-    if fading:
-        f.add("lanczos", f"λmax faded to {fmt(fade)} of its peak", fade)
-    return f
+        if fading:
+            f.steps = facts.late.steps
 
 
-def _progress(facts: RunFacts) -> str:
-    """How the loss moved, in words: a trend needs two or more checkpoints."""
-    if not finite(facts.late_progress):
-        return "progress cannot be judged from a single checkpoint (or non-finite losses)"
-    return f"the loss is still falling ({fmt(100 * facts.late_progress)}% over the second half)"
+RULES: tuple[Rule, ...] = (
+    Divergence(),
+    SaddlePoint(),
+    PoorConditioning(),
+    GradientNoise(),
+    NoCriticalPoint(),
+    LocalMinimum(),
+    Overfitting(),
+)
+"""Every rule, in priority order: when two obstacles are equally supported the earlier one comes
+first — a diverged run's other numbers are meaningless; a saddle or bad conditioning explains a
+plateau before noise does; overfitting is about generalisation, not optimisation, so it is last."""
 
-
-def _mean(facts: RunFacts, key: str) -> float:
-    values = [v for v in facts.column(key, facts.late) if finite(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def _median(facts: RunFacts, key: str) -> float:
-    values = sorted(v for v in facts.column(key, facts.late) if finite(v))
-    return values[len(values) // 2] if values else math.nan
+PRIORITY = tuple(rule.kind for rule in RULES)
+EPISODIC = tuple(rule for rule in RULES if rule.episodic)

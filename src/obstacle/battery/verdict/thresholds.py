@@ -10,7 +10,7 @@ room on both sides — none is fitted to a single run. Override any of them with
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from obstacle._validation import check_float
 from obstacle.errors import ParameterError
@@ -47,6 +47,13 @@ class Thresholds:
     loss by more than 1e-4 of its value: above float64 and Lanczos noise, far below what a real
     saddle gives (the loss falls like ½|λmin|α²)."""
 
+    critical_gain_rel: float = 0.01
+    """θ is near a critical point when a gradient step tuned to the sharpest curvature
+    (lr = 1/λmax), which is sure to lower J by ‖g‖²/(2λmax), would gain less than 1% of J: the
+    gradient has lost its force. A saddle stalls a run there; a run that stalls far from any
+    critical point is held by its optimizer (a step too large, or noise), not by the landscape,
+    even where the Hessian has negative eigenvalues (it usually has some)."""
+
     small_gradient_rel: float = 0.1
     """‖g‖ is small when it is below 10% of its peak over the run (the run has lost most of its
     driving force)."""
@@ -67,6 +74,8 @@ class Thresholds:
     window is the ordinary overshoot of momentum)."""
 
     # -- noise -----------------------------------------------------------------------------------
+    # Noise is judged at the run's own batch size B when its checkpoints record it: the probe's
+    # batches are usually larger than the run's, and simulated steps on them underestimate it.
     minibatch_uphill_fraction: float = 0.3
     """Minibatch steps uphill on the full probe loss 30% of the time or more while the full step
     goes down: the noise, not the curvature, undoes progress. (At a pure noise floor about half
@@ -79,8 +88,9 @@ class Thresholds:
     minibatch step goes uphill too, but the full gradient is zero and the ratio is ~0."""
 
     snr_noisy: float = 1.0
-    """|G|²/tr(Σ) below 1: the per-batch gradient noise outweighs the mean gradient (equivalently
-    the noise scale exceeds the batch size's worth of examples)."""
+    """|G|²/tr(Σ_B) below 1 at the run's batch size B: the noise of one step's gradient outweighs
+    its mean, i.e. the noise scale B_noise = tr(Σ₁)/|G|² (McCandlish et al. 2018) exceeds B.
+    Below B_noise a step's progress shrinks by about 1/(1 + B_noise/B)."""
 
     # -- no critical point -----------------------------------------------------------------------
     norm_growth: float = 0.02
@@ -101,24 +111,73 @@ class Thresholds:
     validation_rise: float = 0.05
     """The validation loss ending 5% above its minimum, while the training loss still falls."""
 
+    # -- episodes --------------------------------------------------------------------------------
+    episode_share: float = 0.25
+    """An obstacle episode that has ended counts as an obstacle of the run when it held the run
+    for a quarter of its steps or more; a shorter one that ended (a transient plateau early on) is
+    drawn on the timeline but does not make the verdict. An episode still present at the last
+    checkpoint always counts."""
+
     # -- confidence ------------------------------------------------------------------------------
     present: float = 0.5
     """An obstacle with confidence at or above 0.5 is reported as present; below it, only as
     weak evidence in the ruled-out list."""
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
     def override(self, values: dict[str, Any]) -> Thresholds:
-        """A copy with ``values`` replaced; unknown names are a ParameterError."""
+        """A copy with ``values`` replaced; unknown names and out-of-range values are a ParameterError."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ParameterError(
                 f"Unknown threshold(s) {unknown}. Known thresholds: {', '.join(sorted(known))}."
             )
-        checked = {k: check_float(k, v, low=0.0) for k, v in values.items()}
-        return replace(self, **checked)
+        return replace(self, **{k: _check(k, v) for k, v in values.items()})
+
+
+class _Range(NamedTuple):
+    low: float
+    high: float | None
+    closed: str  # "both", "left", "right" or "neither", as obstacle._validation takes it
+
+
+_FRACTION = _Range(0.0, 1.0, "right")  # a share of checkpoints or steps: (0, 1]
+_POSITIVE = _Range(0.0, None, "neither")  # a ratio or a relative size: (0, inf)
+
+# Every threshold's type and range (scikit-learn's parameter constraints, by name): a value
+# outside makes the verdict meaningless, so it is refused with the rule and the value.
+CONSTRAINTS: dict[str, _Range] = {
+    "late_fraction": _FRACTION,
+    "plateau_rel": _Range(0.0, 1.0, "neither"),
+    "explosion_ratio": _Range(1.0, None, "neither"),
+    "negative_curvature_rel": _Range(0.0, 1.0, "neither"),
+    "escape_rel": _Range(0.0, 1.0, "neither"),
+    "small_gradient_rel": _Range(0.0, 1.0, "neither"),
+    "critical_gain_rel": _Range(0.0, 1.0, "neither"),
+    "edge_of_stability": _POSITIVE,
+    "uphill_rate": _FRACTION,
+    "full_step_uphill_fraction": _FRACTION,
+    "minibatch_uphill_fraction": _FRACTION,
+    "noise_signal": _POSITIVE,
+    "snr_noisy": _POSITIVE,
+    "norm_growth": _POSITIVE,
+    "outward_cosine": _Range(-1.0, 1.0, "both"),
+    "curvature_fade": _Range(0.0, 1.0, "neither"),
+    "validation_rise": _POSITIVE,
+    "episode_share": _FRACTION,
+    "present": _Range(0.0, 1.0, "neither"),
+}
+
+
+def _check(name: str, value: object) -> float:
+    rule = CONSTRAINTS[name]
+    return check_float(name, value, low=rule.low, high=rule.high, closed=rule.closed)
 
 
 DEFAULT_THRESHOLDS = Thresholds()

@@ -47,6 +47,9 @@ def _slice(checkpoint: Mapping[str, Any]) -> tuple[FloatArray, FloatArray] | Non
 def select_saddle_checkpoint(report: Report) -> Mapping[str, Any] | None:
     """The checkpoint where the saddle evidence is strongest, among those with a recorded slice.
 
+    When the verdict found a saddle, the checkpoint its evidence cites (``shown_at_step``), so
+    the plot and the text show the same step. Otherwise, among the checkpoints:
+
     First choice: λmin < 0 with an escape certificate that descends, largest −λmin/|λmax| (the
     negative curvature relative to the scale of the landscape; ties broken by −λmin). |λmax| is
     floored at ``SADDLE_SCALE_FLOOR`` × the run's largest |λmax|: where a checkpoint's λmax is
@@ -57,6 +60,15 @@ def select_saddle_checkpoint(report: Report) -> Mapping[str, Any] | None:
     candidates = [c for c in checkpoints_by_step(report) if _slice(c) is not None]
     if not candidates:
         return None
+    # The verdict decides where a saddle shows; the plot draws that checkpoint, never another.
+    cited = [
+        o.get("shown_at_step")
+        for o in lookup(report, "verdict", "obstacles") or []
+        if isinstance(o, Mapping) and o.get("kind") == "saddle_point"
+    ]
+    chosen = next((c for c in candidates if cited and c.get("step") == cited[0]), None)
+    if chosen is not None:
+        return chosen
 
     def lam(c: Mapping[str, Any], key: str) -> float:
         return to_float(c.get(key))

@@ -62,6 +62,7 @@ def plot_time_series(report: Report) -> Figure | None:
     _panel_snr(axes[4], checkpoints, steps)
     _panel_uphill(axes[5], checkpoints, steps)
     _shade_nonfinite(axes, checkpoints, steps)
+    _shade_episodes(axes, report)
     for ax in axes:
         legend(ax, outside=True)
         no_offset(ax)
@@ -79,9 +80,9 @@ def plot_time_series(report: Report) -> Figure | None:
         fig,
         axes[0],
         "Training signals per checkpoint",
-        "Look for: lr·curvature above the threshold (conditioning) · λmin < 0 while ‖g‖ is small "
-        "(saddle)\nlow SNR with uphill minibatch steps but a downhill full step (noise) · gaps or "
-        "shading (non-finite)",
+        "Shaded: the verdict's obstacle episodes · look for: lr·curvature above the threshold "
+        "(conditioning) · λmin < 0 while ‖g‖ is small (saddle)\nlow SNR with uphill minibatch steps "
+        "but a downhill full step (noise) · red bands: non-finite checkpoints",
     )
     return fig
 
@@ -248,4 +249,45 @@ def _shade_nonfinite(
                 alpha=0.13,
                 lw=0,
                 label="non-finite checkpoint" if k == 0 and n == 0 else None,
+            )
+
+
+# One colour per obstacle, so an episode reads the same in every panel.
+EPISODE_COLOURS = {
+    "saddle_point": "sky",
+    "local_minimum": "blue",
+    "poor_conditioning": "orange",
+    "gradient_noise": "yellow",
+    "no_critical_point": "green",
+    "divergence": "vermillion",
+    "overfitting": "purple",
+}
+
+
+def _shade_episodes(axes: Sequence[Axes], report: Report) -> None:
+    """Shade each episode of the verdict over its steps (to the last step while still present)."""
+    episodes = [e for e in lookup(report, "verdict", "episodes") or [] if isinstance(e, Mapping)]
+    checkpoints = checkpoints_by_step(report)
+    if not episodes or not checkpoints:
+        return
+    last = to_float(checkpoints[-1].get("step"))
+    for episode in episodes:
+        start = to_float(episode.get("start_step"))
+        end = to_float(episode.get("end_step")) if episode.get("end_step") is not None else last
+        if not (math.isfinite(start) and math.isfinite(end)):
+            continue
+        kind = str(episode.get("kind") or "")
+        colour = PALETTE.get(EPISODE_COLOURS.get(kind, "black"), GREY)
+        label = kind.replace("_", " ") + (
+            " (still present)" if episode.get("still_present") else ""
+        )
+        for k, ax in enumerate(axes):
+            ax.axvspan(
+                start,
+                max(end, start),
+                color=colour,
+                alpha=0.16,
+                lw=0,
+                label=label if k == 0 else None,
+                zorder=0,
             )
