@@ -17,7 +17,7 @@ import torch
 from obstacle.battery.analysis import analyze
 from obstacle.labels import LABELS, OBSTACLE_LABELS
 
-from .builders import CALIBRATION, HELD_OUT, SCENARIOS, Episode, ScenarioInfo
+from .builders import CALIBRATION, HELD_OUT, SCENARIOS, ScenarioInfo
 
 PRESENT = 0.5
 
@@ -34,13 +34,6 @@ def _report(
     info = SCENARIOS[name](run_dir, seed)
     report = analyze(run_dir, preset="standard", target_loss=info.target_loss)
     return info, report
-
-
-def _overlaps(expected: Episode, found: dict[str, Any], last_step: int) -> bool:
-    """Whether ``found``'s steps meet the expected episode's (an open end runs to the last step)."""
-    expected_end = last_step if expected.end_step is None else expected.end_step
-    found_end = last_step if found["end_step"] is None else found["end_step"]
-    return found["start_step"] <= expected_end and expected.start_step <= found_end
 
 
 @pytest.mark.slow
@@ -76,11 +69,9 @@ def test_scenario_gets_its_label(
     steps = [e["start_step"] for e in episodes]
     assert steps == sorted(steps), f"episodes in step order: {episodes}"
     for expected in info.episodes:
-        found = [e for e in episodes if e["kind"] == expected.kind]
-        assert any(
-            _overlaps(expected, e, info.steps[-1]) and e["still_present"] == expected.still_present
-            for e in found
-        ), f"{name}@{seed}: expected {expected}, the verdict has {found or episodes}"
+        assert expected.found_in(episodes, info.steps[-1]), (
+            f"{name}@{seed}: expected {expected}, the verdict has {episodes}"
+        )
 
 
 def test_calibration_and_held_out_cover_every_label_with_two_architectures() -> None:

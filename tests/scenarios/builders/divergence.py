@@ -115,6 +115,9 @@ class RandomFeatures(nn.Module):
     """A fixed random tanh layer (buffers, not trained) and a trained linear readout: the loss is
     quadratic in the trained parameters, as in least squares, but over nonlinear features."""
 
+    weight: Tensor
+    bias: Tensor
+
     def __init__(self, gen: torch.Generator, inputs: int, features: int) -> None:
         super().__init__()
         self.register_buffer("weight", torch.randn(features, inputs, generator=gen, dtype=DTYPE))

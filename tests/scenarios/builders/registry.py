@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,21 @@ class Episode:
     @property
     def still_present(self) -> bool:
         return self.end_step is None
+
+    def found_in(self, episodes: Sequence[Mapping[str, Any]], last_step: int) -> bool:
+        """Whether the verdict's ``episodes`` (its JSON) hold this one: the same kind, steps that
+        overlap (an open end runs to ``last_step``) and the same answer to "still present?"."""
+        mine = last_step if self.end_step is None else self.end_step
+        for found in episodes:
+            theirs = last_step if found["end_step"] is None else found["end_step"]
+            if (
+                found["kind"] == self.kind
+                and found["start_step"] <= mine
+                and self.start_step <= theirs
+                and found["still_present"] == self.still_present
+            ):
+                return True
+        return False
 
 
 @dataclass
