@@ -135,8 +135,15 @@ def test_adaptive_runs_are_judged_by_preconditioned_sharpness_not_lr_lambda_max(
 
 def test_noise_needs_uphill_minibatch_steps_with_a_downhill_full_step_on_a_plateau() -> None:
     plateau = [1.0, 0.7, 0.6, 0.55, 0.55, 0.551, 0.549, 0.55, 0.55]
-    noisy = _records(loss=plateau, uphill_fraction_minibatch=0.45, snr=0.2, noise_signal=1.0)
+    noisy = _records(
+        loss=plateau, uphill_fraction_minibatch=0.45, snr=0.2, noise_signal=1.0, grad_norm=0.5
+    )
     assert judge(noisy)["primary"] == "gradient_noise"
+    # At a critical point (a step of 1/λmax would gain nothing) there is no floor to hold above.
+    critical = _records(
+        loss=plateau, uphill_fraction_minibatch=0.45, snr=0.2, noise_signal=1.0, grad_norm=1e-6
+    )
+    assert "gradient_noise" not in _present(judge(critical))
     # At a converged minimum every minibatch step goes uphill, but a full step gains nothing.
     converged = _records(loss=plateau, uphill_fraction_minibatch=1.0, snr=0.0, noise_signal=1e-9)
     assert "gradient_noise" not in _present(judge(converged))
@@ -178,3 +185,58 @@ def test_single_checkpoint_gets_a_verdict_that_says_what_one_checkpoint_cannot_s
     assert verdict["primary"] == "healthy"
     assert "need two or more checkpoints" in verdict["summary"]
     assert "n/a" not in " ".join(r["reason"] for r in verdict["ruled_out"])
+
+
+def test_noise_is_judged_at_the_runs_batch_size_not_the_probes() -> None:
+    plateau = [1.0, 0.7, 0.6, 0.55, 0.55, 0.551, 0.549, 0.55, 0.55]
+    # Simulated at probe batches of 32 the steps rarely go uphill; at the run's batch of 2 the
+    # noise scale (B_noise = 16 examples) is 8x the batch: noise-dominated.
+    base = {
+        "loss": plateau,
+        "uphill_fraction_minibatch": 0.05,
+        "noise_signal": 1.0,
+        "grad_norm": 0.5,
+        "noise_scale": 16.0,
+        "probe_batch_size": 32,
+        "lambda_min": -1.0,
+        "lambda_max": 2.0,
+        "escape_delta": -0.05,
+    }
+    verdict = judge(_records(**base, run_batch_size=2))
+    assert verdict["primary"] == "gradient_noise", verdict["summary"]
+    noise = verdict["obstacles"][0]
+    assert any("against the run's batch of 2" in e["statement"] for e in noise["evidence"])
+    # The negative curvature is there, but far from a critical point it does not outvote noise.
+    assert "saddle_point" not in _present(verdict)
+    # Without the run's batch size, the probe's batches say the noise is small.
+    assert judge(_records(**base))["primary"] != "gradient_noise"
+
+
+def test_a_saddle_plateau_escaped_late_is_an_ended_episode_that_cost_most_of_the_run() -> None:
+    n = 16
+    loss = [1.0] * 12 + [0.6, 0.3, 0.2, 0.15]
+    records = _records(
+        n,
+        loss=loss,
+        grad_norm=[1e-4] * 12 + [0.5, 0.3, 0.2, 0.1],
+        lambda_min=[-1.0] * 12 + [0.01] * 4,
+        lambda_max=2.0,
+        escape_delta=[-0.05] * 12 + [0.0] * 4,
+    )
+    verdict = judge(records)
+    assert verdict["primary"] == "saddle_point", verdict["summary"]
+    (episode,) = [e for e in verdict["episodes"] if e["kind"] == "saddle_point"]
+    assert episode["start_step"] == 0 and not episode["still_present"]
+    assert episode["end_step"] in (110, 120, 130)
+    assert episode["ended_by"].startswith("escaped by step")
+    assert episode["share_of_run"] > 0.6
+    assert "escaped by step" in verdict["summary"]
+    # The saddle plot and the text cite one step.
+    assert verdict["obstacles"][0]["shown_at_step"] in episode["steps"]
+
+
+def test_thresholds_refuse_values_outside_their_declared_range() -> None:
+    with pytest.raises(ParameterError, match=r"'late_fraction' parameter .* range \(0, 1\]"):
+        Thresholds(late_fraction=2.0)
+    with pytest.raises(ParameterError, match="'outward_cosine'"):
+        DEFAULT_THRESHOLDS.override({"outward_cosine": 1.5})

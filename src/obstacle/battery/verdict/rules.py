@@ -256,8 +256,10 @@ def noise_floor(w: Window, t: Thresholds) -> bool:
     ``noise_signal`` of a typical minibatch step's change: the run is held above a floor by noise."""
     ratio = w.median("noise_to_batch")
     signal = w.median("full_step_gain_rel_minibatch")
+    gain = w.median("gradient_step_gain_rel")
     return (
         w.last.run_batch_size is not None
+        and not (finite(gain) and gain < t.critical_gain_rel)
         and finite(ratio)
         and ratio * t.snr_noisy > 1.0
         and finite(signal)
@@ -521,7 +523,7 @@ class GradientNoise(Rule):
     kind = "gradient_noise"
     headline = "The run is held back by gradient noise"
     episodic = True
-    conditions = 5
+    conditions = 6
 
     def evaluate(self, ctx: Context, ev: Evaluation) -> None:
         w, t, target = ctx.window, ctx.thresholds, ctx.target_loss
@@ -603,6 +605,20 @@ class GradientNoise(Rule):
                 "steps",
                 signal,
                 t.noise_signal,
+            )
+        ):
+            return
+        gain = w.median("gradient_step_gain_rel")
+        if not ev.check(
+            Condition(
+                "away_from_critical_point",
+                not (finite(gain) and gain < t.critical_gain_rel),
+                f"a gradient step of lr = 1/λmax would lower the loss by at least {percent(gain)} "
+                f"(at a critical point, under {percent(t.critical_gain_rel)}, there is no floor for "
+                "noise to hold the run above)",
+                "gradient",
+                gain,
+                t.critical_gain_rel,
             )
         ):
             return

@@ -10,11 +10,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from obstacle.battery.verdict.conditions import Finding
-from obstacle.battery.verdict.facts import Record, RunFacts, finite, fmt, percent, run_facts
-from obstacle.battery.verdict.rules import PRIORITY, RULES, Context
+from obstacle.battery.verdict.facts import (
+    Record,
+    RunFacts,
+    finite,
+    fmt,
+    percent,
+    run_facts,
+    window,
+)
+from obstacle.battery.verdict.rules import EPISODIC, PRIORITY, RULES, Context
 from obstacle.battery.verdict.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from obstacle.battery.verdict.timeline import Episode, ended_episodes, present_episode
 
@@ -52,6 +61,18 @@ def judge_facts(
                     f"not assessed at the end: the run diverged (from step {first}), so its curvature, "
                     "noise and progress numbers no longer describe an obstacle"
                 )
+    if not diverged and not facts.late.stalled:
+        # The second half may hold an escape; what holds the run now can still be a stall of the
+        # last third on its own (a noise floor after a saddle). Episodic obstacles are judged there.
+        own = window(facts.late.checkpoints, t, at_end=True)
+        if own.stalled:
+            recent = Context(
+                facts, replace(own, uphill_rate=facts.late.uphill_rate), t, target_loss
+            )
+            for rule in EPISODIC:
+                again = rule.judge(recent)
+                if again.present:
+                    findings[rule.kind] = again
     earlier, phases = ended_episodes(facts, t, target_loss)
     rules = {rule.kind: rule for rule in RULES}
     present = [
