@@ -67,6 +67,13 @@ class _MLP(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
 
+def _recorded_batch(run_dir: Path, step: int) -> int | None:
+    from obstacle.artifacts.layout import CHECKPOINT_DIR, checkpoint_filename
+    from obstacle.battery.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir / CHECKPOINT_DIR / checkpoint_filename(step)).batch_size
+
+
 def _fit_lightning(callback: pl.Callback, *, max_steps: int) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
@@ -99,6 +106,8 @@ def test_lightning_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None
 
     _assert_run_dir(tmp_path, steps=[10, 20, 30, 40, 50, 60], batches=4, lr=0.01, optimizer="Adam")
     assert Probe.load(tmp_path).manifest.batch_size == 16
+    # The run's own batch size is recorded (noise is judged at it); the epoch's last batch is 8.
+    assert {_recorded_batch(tmp_path, step) for step in (10, 20, 30, 40, 50, 60)} <= {16, 8}
 
 
 @pytest.mark.filterwarnings(_FEW_WORKERS)
@@ -187,6 +196,7 @@ def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
     _assert_run_dir(run_dir, steps=[10, 20, 30, 40], batches=4, lr=1e-3, optimizer="AdamW")
     manifest = Probe.load(run_dir).manifest
     assert manifest.batch_size == 8
+    assert [_recorded_batch(run_dir, step) for step in (10, 20, 30, 40)] == [8, 8, 8, 8]
     # attention_mask, input_ids, labels — then labels again as the target.
     assert len(manifest.inputs) == 4
     # Non-persistent buffers are in no state_dict, so the manifest does not ask checkpoints for

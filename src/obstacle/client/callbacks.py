@@ -126,15 +126,29 @@ class _Recorder:
         lr: float,
         train_loss: float | None,
         optimizer: torch.optim.Optimizer | None,
+        batch_size: int | None = None,
     ) -> None:
         from obstacle.battery.checkpoint import save_checkpoint
 
         if self.run is not None:
-            self.run.log_checkpoint(step, model, lr=lr, train_loss=train_loss, optimizer=optimizer)
+            self.run.log_checkpoint(
+                step,
+                model,
+                lr=lr,
+                train_loss=train_loss,
+                optimizer=optimizer,
+                batch_size=batch_size,
+            )
         else:
             assert self.run_dir is not None
             save_checkpoint(
-                self.run_dir, model, step=step, lr=lr, train_loss=train_loss, optimizer=optimizer
+                self.run_dir,
+                model,
+                step=step,
+                lr=lr,
+                train_loss=train_loss,
+                optimizer=optimizer,
+                batch_size=batch_size,
             )
         self.last_checkpoint = step
 
@@ -283,8 +297,19 @@ def _lightning_callback() -> type:
             if loss is not None:
                 self.recorder.train_log(step, lr=lr, loss=loss)
             if self.recorder.due(step):
+                # Examples per optimizer step: this batch × accumulation × processes.
+                per_device = _batch_length(batch)
                 self.recorder.checkpoint(
-                    step, self._model, lr=lr, train_loss=loss, optimizer=optimizer
+                    step,
+                    self._model,
+                    lr=lr,
+                    train_loss=loss,
+                    optimizer=optimizer,
+                    batch_size=per_device
+                    * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+                    * int(getattr(trainer, "world_size", 1) or 1)
+                    if per_device
+                    else None,
                 )
 
         def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -411,7 +436,14 @@ def _trainer_callback() -> type:
             if self.recorder.due(step):
                 loss = float(torch.stack(self._losses).mean()) if self._losses else None
                 self.recorder.checkpoint(
-                    step, self._model, lr=self._lr, train_loss=loss, optimizer=optimizer
+                    step,
+                    self._model,
+                    lr=self._lr,
+                    train_loss=loss,
+                    optimizer=optimizer,
+                    batch_size=int(args.per_device_train_batch_size)
+                    * int(args.gradient_accumulation_steps)
+                    * int(args.world_size),
                 )
 
         def on_log(
@@ -454,3 +486,19 @@ def __getattr__(name: str) -> Any:
     cls = factory()
     globals()[name] = cls
     return cls
+
+
+def _batch_length(batch: Any) -> int | None:
+    """Examples in a dataloader batch: the leading size of its first tensor (None if unknown)."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, list | tuple):
+        for item in batch:
+            size = _batch_length(item)
+            if size:
+                return size
+    return None
