@@ -307,3 +307,31 @@ def test_rendering_imports_neither_torch_nor_pyplot() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_an_ended_episode_is_shown_with_its_steps_share_and_escape() -> None:
+    from obstacle.battery.verdict import judge
+
+    loss = [1.0] * 12 + [0.6, 0.3, 0.2, 0.15]
+    records: list[dict[str, Any]] = [
+        {
+            "step": 10 * i,
+            "lr": 0.1,
+            "loss": loss[i],
+            "finite": True,
+            "grad_norm": 1e-4 if i < 12 else 0.5,
+            "param_norm": 3.0,
+            "lambda_min": -1.0 if i < 12 else 0.01,
+            "lambda_max": 2.0,
+            "lr_lambda_max": 0.2,
+            "stability_threshold": 2.0,
+            "escape_delta": -0.05 if i < 12 else 0.0,
+            "full_step_uphill": False,
+        }
+        for i in range(16)
+    ]
+    verdict = judge(records)
+    episode = verdict["episodes"][0]
+    text = text_of(render_html({"verdict": verdict, "checkpoints": records}))
+    assert f"steps {episode['start_step']}–{episode['end_step']}" in text
+    assert episode["ended_by"] in text and "of the run" in text

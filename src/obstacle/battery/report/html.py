@@ -186,6 +186,19 @@ def _steps_text(steps: Any) -> str:
     return f"{values[0]}, {values[1]}, {values[2]}, …, {values[-1]} ({len(values)} checkpoints)"
 
 
+def _when(record: Mapping[str, Any]) -> str:
+    """The episode on the timeline, as the verdict decided it: its steps, share and end."""
+    start, end = record.get("start_step"), record.get("end_step")
+    share = _percent(record.get("share_of_run"))
+    if not isinstance(start, int) or isinstance(start, bool):
+        return ""
+    cost = f" ({share} of the run)" if share else ""
+    if record.get("still_present"):
+        return f"from step {start}{cost}, still present at the last checkpoint"
+    ended = str(record.get("ended_by") or "")
+    return f"steps {start}–{end}{cost}" + (f"; {ended}" if ended else "")
+
+
 def _obstacle(record: Any) -> dict[str, Any]:
     return {
         "kind": record.get("kind") if isinstance(record.get("kind"), str) else "",
@@ -193,6 +206,7 @@ def _obstacle(record: Any) -> dict[str, Any]:
         "confidence": _percent(record.get("confidence")),
         "width": _percent(record.get("confidence")) or "0%",
         "steps": _steps_text(record.get("steps")),
+        "when": _when(record),
         "evidence": [
             {
                 "test": str(e.get("test") or ""),
