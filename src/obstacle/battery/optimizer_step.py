@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from obstacle._validation import check_choice, check_float
 from obstacle.battery.checkpoint import Checkpoint, OptimizerState
 from obstacle.battery.engine import LossEngine
 from obstacle.errors import CheckpointError, ParameterError
@@ -35,10 +36,19 @@ from obstacle.errors import CheckpointError, ParameterError
 if TYPE_CHECKING:
     from obstacle.battery.quantities.base import CheckpointContext
 
-__all__ = ["ADAPTIVE_KINDS", "OptimizerModel", "optimizer_model_for"]
+__all__ = [
+    "ADAPTIVE_KINDS",
+    "THRESHOLD_KINDS",
+    "OptimizerModel",
+    "optimizer_model_for",
+    "stability_threshold",
+]
 
-# kinds whose step is preconditioned by a per-coordinate second-moment estimate
+# Kinds whose step is preconditioned by a per-coordinate second-moment estimate: their stability
+# is judged on the preconditioned sharpness λmax(P^-1/2·H·P^-1/2), not on λmax(H).
 ADAPTIVE_KINDS = frozenset({"adam", "adamw", "rmsprop", "adagrad"})
+# Kinds (and aliases) with a known stability threshold.
+THRESHOLD_KINDS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 
 # The optimizer's class name as saved by ``save_checkpoint`` -> the slots its state must hold
 # once it has taken a step, given that parameter's hyperparameters.
@@ -67,6 +77,54 @@ _NUMBERS = {
 _NEVER_MOVES = torch.finfo(torch.float32).max  # preconditioner entry of a parameter not optimized
 
 _FLAGS = ("maximize", "nesterov", "amsgrad", "centered", "decoupled_weight_decay")
+
+
+def stability_threshold(
+    kind: str, hyper: Mapping[str, Any] | None = None, *, steps_taken: float = 0.0
+) -> float:
+    """The largest lr·λ for which the optimizer's step is stable on a quadratic of curvature λ.
+
+    For SGD-type optimizers λ is λmax(H); for adaptive ones (Adam, AdamW, RMSprop) it is the
+    preconditioned sharpness λmax(P^-1/2·H·P^-1/2) with P the optimizer's diagonal preconditioner.
+    ``kind`` is the torch class name or an alias (case-insensitive); ``hyper`` its hyperparameters
+    as saved with the checkpoint (PyTorch's names: momentum, dampening, nesterov, betas).
+
+    - plain SGD: 2 (gradient descent on a quadratic diverges once lr·λ > 2).
+    - heavy-ball momentum μ with dampening τ (``torch.optim.SGD``: b ← μb + (1−τ)g, θ ← θ − lr·b):
+      2(1+μ)/(1−τ); 2(1+μ) without dampening (Cohen et al. 2021, ICLR, "Gradient descent on
+      neural networks typically occurs at the edge of stability", Appendix on momentum).
+    - Nesterov μ (``SGD(nesterov=True)``: θ ← θ − lr·(g + μb)): (2+2μ)/(1+2μ) (ibid.; the root
+      z = −1 of z² − (1+μ)(1−h)z + μ(1−h) at h = lr·λ).
+    - Adam / AdamW with β1: (2+2β1)/(1−β1), 38 for β1 = 0.9, on the preconditioned sharpness
+      (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability"): the EMA momentum
+      m ← β1·m + (1−β1)g is heavy ball with μ = τ = β1 in
+      torch's SGD terms. AdamW's decoupled decay only shrinks.
+    - Adagrad with lr_decay d after t steps: 2(1 + t·d) on the preconditioned sharpness.
+    - RMSprop with momentum μ (``torch.optim.RMSprop``: b ← μb + g/(√v+ε)): 2(1+μ) on the
+      preconditioned sharpness; 2 without momentum.
+
+    The loss engine's J excludes coupled (L2) weight decay wd; SGD then sees H + wd·I.
+    """
+    hyper = hyper or {}
+    name = check_choice("kind", kind.lower(), THRESHOLD_KINDS)
+    if name == "adagrad":
+        # Adagrad's effective lr decays as lr/(1 + t·lr_decay): its bound grows with it.
+        decay = check_float("lr_decay", hyper.get("lr_decay", 0.0), low=0.0)
+        return 2.0 * (1.0 + steps_taken * decay)
+    if name in ("sgd", "momentum", "nesterov"):
+        mu = check_float("momentum", hyper.get("momentum", 0.0), low=0.0, high=1.0, closed="left")
+        if name == "nesterov" or bool(hyper.get("nesterov", False)):
+            return (2.0 + 2.0 * mu) / (1.0 + 2.0 * mu)
+        tau = check_float(
+            "dampening", hyper.get("dampening", 0.0), low=0.0, high=1.0, closed="left"
+        )
+        return 2.0 * (1.0 + mu) / (1.0 - tau)
+    if name in ("adam", "adamw"):
+        betas = hyper.get("betas", (0.9, 0.999))
+        beta1 = check_float("betas[0]", betas[0], low=0.0, high=1.0, closed="left")
+        return (2.0 + 2.0 * beta1) / (1.0 - beta1)
+    mu = check_float("momentum", hyper.get("momentum", 0.0), low=0.0, high=1.0, closed="left")
+    return 2.0 * (1.0 + mu)
 
 
 @dataclass
@@ -292,13 +350,17 @@ class OptimizerModel:
         heavy-ball with effective lr lr·(1-β1), hence 2(1+β1)/(1-β1) (Cohen et al. 2022);
         Adagrad's lr decays: 2(1 + t·lr_decay). Weight decay is ignored (it shifts H by wd·I).
         """
-        mu, tau = self.momentum, self.dampening
-        if self.kind == "adagrad":
-            seg = self.segments[0]
-            return 2.0 * (1.0 + seg.steps_taken * float(seg.hyper["lr_decay"]))
-        if self.nesterov:
-            return 2.0 * (1.0 + mu) / (1.0 + 2.0 * mu)
-        return 2.0 * (1.0 + mu) / (1.0 - tau) if tau < 1 else math.inf
+        hyper = {
+            **self.hyperparameters,
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "nesterov": self.nesterov,
+        }
+        if self.kind in ("adam", "adamw"):
+            hyper["betas"] = (self.momentum, 0.999)
+        steps = self.segments[0].steps_taken if self.segments else 0.0
+        kind = "sgd" if self.kind == "momentum" else self.kind
+        return stability_threshold(kind, hyper, steps_taken=steps)
 
     @property
     def unoptimized(self) -> list[str]:

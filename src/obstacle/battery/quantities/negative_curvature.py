@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from obstacle._validation import check_choice, check_float, check_int
+from obstacle._validation import check_float, check_int
 from obstacle.battery.checkpoint import OptimizerState
 from obstacle.battery.lanczos import (
     DEFAULT_MAX_ITER,
@@ -36,13 +36,14 @@ from obstacle.battery.lanczos import (
     LanczosResult,
     lanczos,
 )
+from obstacle.battery.optimizer_step import ADAPTIVE_KINDS, THRESHOLD_KINDS, stability_threshold
 from obstacle.battery.precision import FLOAT32_RESOLUTION, resolution
 from obstacle.battery.quantities.base import CheckpointContext, Quantity, Record, finite
 from obstacle.errors import ParameterError
 
-# Optimizers whose step is preconditioned: lr·λmax(H) says nothing about their stability.
-ADAPTIVE_OPTIMIZERS = frozenset({"adam", "adamw", "rmsprop"})
-_KINDS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+# Optimizers whose step is preconditioned: lr·λmax(H) says nothing about their stability. The
+# optimizer model (obstacle.battery.optimizer_step) holds what is known about each family.
+ADAPTIVE_OPTIMIZERS = ADAPTIVE_KINDS
 ESCAPE_FRACTION = 0.01  # the quadratic model's predicted change, as a fraction of |J|
 # The largest step, as a fraction of max(‖θ‖, 1): it keeps the probe inside the region where the
 # quadratic model holds. The floor of 1 matters at a saddle at the origin (a network from a tiny
@@ -50,47 +51,6 @@ ESCAPE_FRACTION = 0.01  # the quadratic model's predicted change, as a fraction 
 ESCAPE_MAX_STEP = 0.1
 ESCAPE_MULTIPLES = (0.25, 0.5, 1.0)
 SLICE_SPAN = 2.0  # the slice covers [−SLICE_SPAN·α*, SLICE_SPAN·α*]
-
-
-def stability_threshold(kind: str, hyper: Mapping[str, Any] | None = None) -> float:
-    """The largest lr·λ for which the optimizer's step is stable on a quadratic of curvature λ.
-
-    For SGD-type optimizers λ is λmax(H); for adaptive ones (Adam, AdamW, RMSprop) it is the
-    preconditioned sharpness λmax(P^-1/2·H·P^-1/2) with P the optimizer's diagonal preconditioner.
-    ``kind`` is the torch class name or an alias (case-insensitive); ``hyper`` its hyperparameters
-    as saved with the checkpoint (PyTorch's names: momentum, dampening, nesterov, betas).
-
-    - plain SGD: 2 (gradient descent on a quadratic diverges once lr·λ > 2).
-    - heavy-ball momentum μ with dampening τ (``torch.optim.SGD``: b ← μb + (1−τ)g, θ ← θ − lr·b):
-      2(1+μ)/(1−τ); 2(1+μ) without dampening (Cohen et al. 2021, ICLR, "Gradient descent on
-      neural networks typically occurs at the edge of stability", Appendix on momentum).
-    - Nesterov μ (``SGD(nesterov=True)``: θ ← θ − lr·(g + μb)): (2+2μ)/(1+2μ) (ibid.; the root
-      z = −1 of z² − (1+μ)(1−h)z + μ(1−h) at h = lr·λ).
-    - Adam / AdamW with β1: (2+2β1)/(1−β1), 38 for β1 = 0.9, on the preconditioned sharpness
-      (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability"): the EMA momentum
-      m ← β1·m + (1−β1)g is heavy ball with μ = τ = β1 in
-      torch's SGD terms. AdamW's decoupled decay only shrinks.
-    - RMSprop with momentum μ (``torch.optim.RMSprop``: b ← μb + g/(√v+ε)): 2(1+μ) on the
-      preconditioned sharpness; 2 without momentum.
-
-    The loss engine's J excludes coupled (L2) weight decay wd; SGD then sees H + wd·I.
-    """
-    hyper = hyper or {}
-    name = check_choice("kind", kind.lower(), _KINDS)
-    if name in ("sgd", "momentum", "nesterov"):
-        mu = check_float("momentum", hyper.get("momentum", 0.0), low=0.0, high=1.0, closed="left")
-        if name == "nesterov" or bool(hyper.get("nesterov", False)):
-            return (2.0 + 2.0 * mu) / (1.0 + 2.0 * mu)
-        tau = check_float(
-            "dampening", hyper.get("dampening", 0.0), low=0.0, high=1.0, closed="left"
-        )
-        return 2.0 * (1.0 + mu) / (1.0 - tau)
-    if name in ("adam", "adamw"):
-        betas = hyper.get("betas", (0.9, 0.999))
-        beta1 = check_float("betas[0]", betas[0], low=0.0, high=1.0, closed="left")
-        return (2.0 + 2.0 * beta1) / (1.0 - beta1)
-    mu = check_float("momentum", hyper.get("momentum", 0.0), low=0.0, high=1.0, closed="left")
-    return 2.0 * (1.0 + mu)
 
 
 def escape_scale(
@@ -369,7 +329,7 @@ def _optimizer(ctx: CheckpointContext) -> tuple[str, dict[str, Any]]:
 
 def _threshold(kind: str, hyper: Mapping[str, Any]) -> float | None:
     """The stability threshold, or None for an optimizer no threshold is known for."""
-    if kind.lower() not in _KINDS:
+    if kind.lower() not in THRESHOLD_KINDS:
         return None
     return stability_threshold(kind, hyper)
 
