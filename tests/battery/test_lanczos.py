@@ -391,5 +391,6 @@ def test_peak_memory_does_not_grow_with_iterations(tmp_path: Path) -> None:
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         peaks[max_iter] = int(out.stdout.split()[-1])
-    # Tolerance: 40 MB (five vectors) of allocator noise between the two processes.
-    assert abs(peaks[400] - peaks[100]) <= 40 * 2**20, peaks
+    # Tolerance: 96 MiB (twelve vectors) of allocator noise between the two processes — 44 MiB
+    # was seen under CI load; a basis that grew with the iterations would add 300 vectors (2.4 GB).
+    assert abs(peaks[400] - peaks[100]) <= 12 * 8 * 2**20, peaks
