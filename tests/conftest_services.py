@@ -29,8 +29,8 @@ from sqlalchemy.exc import OperationalError
 
 from obstacle.artifacts.bundle import pack_probe
 from obstacle.artifacts.layout import PROBE_DIR, TRAIN_LOG, list_checkpoints, optimizer_filename
+from obstacle.platform.db import create_db_engine, migrate, session_factory, session_scope
 from obstacle.service.auth import create_token
-from obstacle.service.db import create_db_engine, migrate, session_factory, session_scope
 from obstacle.service.embedded import EmbeddedRedis
 from obstacle.service.settings import Settings
 

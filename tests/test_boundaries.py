@@ -76,3 +76,37 @@ def test_every_error_descends_from_the_single_root() -> None:
             assert issubclass(cls, UserWarning)
         else:
             assert issubclass(cls, errors.ObstacleError), cls
+
+
+def _imports_of(package: str) -> dict[str, set[str]]:
+    """Every ``obstacle.*`` module each file of ``package`` imports (top level or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(obstacle.__file__).parent / package
+    found: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        found[str(path.relative_to(root.parent))] = {n for n in names if n.startswith("obstacle.")}
+    return found
+
+
+def test_the_platform_and_the_workers_never_import_the_service() -> None:
+    """The dependency goes one way: service -> workers -> platform (and service -> platform)."""
+    rules = {
+        "platform": ("obstacle.service", "obstacle.workers", "obstacle.client"),
+        "workers": ("obstacle.service", "obstacle.client"),
+    }
+    offences = [
+        f"{file} imports {module}"
+        for package, forbidden in rules.items()
+        for file, modules in _imports_of(package).items()
+        for module in sorted(modules)
+        if module.startswith(forbidden)
+    ]
+    assert not offences, offences

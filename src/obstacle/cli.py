@@ -27,6 +27,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "obstacle.battery.commands",
     "obstacle.service.commands",
+    "obstacle.workers.commands",
     "obstacle.client.commands",
 )
 

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from obstacle.service.db import create_db_engine, migrate
-from obstacle.service.models import Base
+from obstacle.platform.db import create_db_engine, migrate
+from obstacle.platform.models import Base
 
 
 def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -26,6 +26,6 @@ def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
 def test_migrations_ship_inside_the_package() -> None:
     from importlib import resources
 
-    versions = resources.files("obstacle.service") / "migrations" / "versions"
+    versions = resources.files("obstacle.platform") / "migrations" / "versions"
     assert any(p.name.startswith("0001") for p in versions.iterdir())
-    assert (resources.files("obstacle.service") / "migrations" / "env.py").is_file()
+    assert (resources.files("obstacle.platform") / "migrations" / "env.py").is_file()

@@ -15,7 +15,7 @@ import hashlib, json, sys
 from fastapi.testclient import TestClient
 from obstacle.service.app import create_app
 from obstacle.service.auth import create_token
-from obstacle.service.db import create_db_engine, migrate, session_factory, session_scope
+from obstacle.platform.db import create_db_engine, migrate, session_factory, session_scope
 from obstacle.service.settings import Settings
 
 data_dir, broker, bundle, checkpoint, optimizer = sys.argv[1:6]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from obstacle.service.store import ArtifactStore
+from obstacle.platform.store import ArtifactStore
 
 
 @pytest.fixture(params=["file", "memory", "path"])

@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
 from conftest_services import Tenant, make_settings, upload_run
+from obstacle.platform.db import create_db_engine, session_factory
+from obstacle.platform.models import Analysis, Checkpoint, CheckpointResult
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.app import create_app
-from obstacle.service.db import create_db_engine, session_factory
-from obstacle.service.models import Analysis, Checkpoint, CheckpointResult
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 from obstacle.workers import jobs
 from obstacle.workers.rundir import RunDirectories
 

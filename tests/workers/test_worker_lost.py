@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from conftest_services import Process, Tenant, make_settings, poll, start_worker, upload_run
+from obstacle.platform.db import SessionFactory, create_db_engine, session_factory
+from obstacle.platform.models import CheckpointResult
 from obstacle.service.app import create_app
-from obstacle.service.db import SessionFactory, create_db_engine, session_factory
-from obstacle.service.models import CheckpointResult
 
 
 def results(sessions: SessionFactory, analysis_id: uuid.UUID) -> dict[int, CheckpointResult]:

@@ -8,9 +8,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from obstacle.service.db import SessionFactory, session_scope
-from obstacle.service.ingest import no_probe
-from obstacle.service.models import (
+from obstacle.platform.db import SessionFactory, session_scope
+from obstacle.platform.models import (
     Analysis,
     AnalysisState,
     Checkpoint,
@@ -18,6 +17,7 @@ from obstacle.service.models import (
     Probe,
     utcnow,
 )
+from obstacle.service.ingest import no_probe
 from obstacle.service.problems import ProblemError
 from obstacle.service.queue import TaskQueue
 from obstacle.service.schemas import AnalysisCreate, AnalysisPublic, CheckpointErrorPublic, Progress

@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import obstacle
+from obstacle.platform.db import create_db_engine, session_factory
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.api.deps import ServiceState
 from obstacle.service.api.main import api_router, root_router
-from obstacle.service.db import create_db_engine, session_factory
 from obstacle.service.metrics import Metrics, MetricsMiddleware
 from obstacle.service.problems import install_problem_handlers
 from obstacle.service.queue import TaskQueue
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 
 __all__ = ["create_app"]
 

@@ -12,7 +12,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from obstacle.service.models import ApiToken, Project
+from obstacle.platform.models import ApiToken, Project
 
 __all__ = ["TOKEN_PREFIX", "create_token", "hash_token", "project_for_token"]
 

@@ -1,4 +1,5 @@
-"""The service's commands: ``obstacle serve``, ``obstacle worker``, ``obstacle token create``.
+"""The service's commands: ``obstacle serve`` and ``obstacle token create`` (``obstacle worker`` is
+in ``obstacle.workers.commands``).
 
 fastapi, uvicorn, celery and torch are imported inside the commands, so ``obstacle --help`` is
 fast and this module loads in every install.
@@ -13,41 +14,24 @@ import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-__all__ = ["register", "serve", "token_create", "worker"]
+from obstacle.platform.settings import load_or_exit as _load
 
-S = TypeVar("S")
+__all__ = ["register", "serve", "token_create"]
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``worker`` and ``token`` to the ``obstacle`` command line."""
+    """Add ``serve`` and ``token`` to the ``obstacle`` command line."""
     app.command("serve")(serve)
-    app.command("worker")(worker)
     tokens = typer.Typer(
         help="Manage API tokens; works on the database directly (OBSTACLE_DATABASE_URL).",
         no_args_is_help=True,
     )
     tokens.command("create")(token_create)
     app.add_typer(tokens, name="token")
-
-
-def _load(cls: type[S]) -> S:
-    """Settings from the environment, or a message naming each bad variable and exit 2."""
-    from pydantic import ValidationError
-
-    try:
-        return cls()
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = "_".join(str(p) for p in error["loc"]).upper()
-            message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"  OBSTACLE_{where}: {message}" if where else f"  {message}")
-        typer.echo("obstacle: the configuration is invalid:\n" + "\n".join(lines), err=True)
-        raise typer.Exit(2) from None
 
 
 def serve(
@@ -81,9 +65,9 @@ def serve(
     """
     import uvicorn
 
+    from obstacle.platform.db import create_db_engine
+    from obstacle.platform.db import migrate as migrate_schema
     from obstacle.service.app import create_app
-    from obstacle.service.db import create_db_engine
-    from obstacle.service.db import migrate as migrate_schema
     from obstacle.service.embedded import EmbeddedRedis
     from obstacle.service.settings import ConfigurationError, Settings
 
@@ -142,7 +126,7 @@ def _redact(url: str) -> str:
 
 
 def _start_worker(settings: object, *, processes: int) -> subprocess.Popen[bytes]:
-    from obstacle.service.settings import CommonSettings
+    from obstacle.platform.settings import CommonSettings
 
     assert isinstance(settings, CommonSettings)
     env = {
@@ -166,44 +150,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def worker(
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            "-c",
-            help="Pool processes on CPU (default: one per core). With GPUs: one process per GPU.",
-        ),
-    ] = None,
-    pool: Annotated[
-        str,
-        typer.Option(
-            help="Celery pool: prefork (default; enforces time limits) or solo (one process)."
-        ),
-    ] = "prefork",
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-) -> None:
-    """Run a worker: it takes analysis tasks from the broker and runs the battery on them.
-
-    CUDA when present (one process per GPU), else CPU with one torch thread per process. Needs
-    OBSTACLE_BROKER_URL, OBSTACLE_DATABASE_URL and OBSTACLE_ARTIFACT_URL shared with the API.
-    """
-    from obstacle.errors import DeviceError
-    from obstacle.service.settings import ConfigurationError
-    from obstacle.workers.launch import run_worker
-    from obstacle.workers.settings import WorkerSettings
-
-    if pool not in ("prefork", "solo"):
-        raise typer.BadParameter(f"--pool must be prefork or solo; got {pool!r}.")
-    settings = _load(WorkerSettings)
-    try:
-        code = run_worker(settings, concurrency=concurrency, pool=pool, loglevel=loglevel)
-    except (ConfigurationError, DeviceError) as exc:
-        typer.echo(f"obstacle: {exc}", err=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
-
-
 def token_create(
     project: Annotated[str, typer.Option(help="The project the token may act on; created if new.")],
     label: Annotated[
@@ -211,9 +157,9 @@ def token_create(
     ] = "",
 ) -> None:
     """Create an API token for a project and print it (it is shown only once; only its hash is kept)."""
+    from obstacle.platform.db import create_db_engine, migrate, session_factory, session_scope
+    from obstacle.platform.settings import CommonSettings
     from obstacle.service.auth import create_token
-    from obstacle.service.db import create_db_engine, migrate, session_factory, session_scope
-    from obstacle.service.settings import CommonSettings
 
     if not project.strip() or len(project) > 200:
         raise typer.BadParameter("--project must be a non-empty name of at most 200 characters.")

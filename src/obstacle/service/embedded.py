@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from obstacle.service.settings import ConfigurationError
+from obstacle.platform.settings import ConfigurationError
 
 __all__ = ["EmbeddedRedis", "free_port"]
 

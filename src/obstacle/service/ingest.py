@@ -25,11 +25,11 @@ from obstacle.artifacts.layout import PROBE_DIR, header_batch_size
 from obstacle.artifacts.manifest import ProbeManifest
 from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header_bytes
 from obstacle.errors import CheckpointError
-from obstacle.service.db import SessionFactory, session_scope
-from obstacle.service.keys import checkpoint_key, optimizer_key, probe_prefix
-from obstacle.service.models import Checkpoint, Probe
+from obstacle.platform.db import SessionFactory, session_scope
+from obstacle.platform.keys import checkpoint_key, optimizer_key, probe_prefix
+from obstacle.platform.models import Checkpoint, Probe
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.problems import ProblemError
-from obstacle.service.store import ArtifactStore
 from obstacle.service.uploads import ReceivedUpload
 
 __all__ = ["ingest_checkpoint", "ingest_optimizer_state", "ingest_probe", "no_probe"]

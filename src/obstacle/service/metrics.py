@@ -16,7 +16,7 @@ from prometheus_client import (
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from obstacle.service.models import Analysis
+from obstacle.platform.models import Analysis
 
 if TYPE_CHECKING:
     from obstacle.service.api.deps import ServiceState

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import redis
 
-from obstacle.service.settings import CommonSettings
-from obstacle.workers.celery_app import ANALYZE_CHECKPOINTS, create_celery
+from obstacle.platform.celery_app import ANALYZE_CHECKPOINTS, create_celery
+from obstacle.platform.settings import CommonSettings
 
 __all__ = ["TaskQueue", "ordered_groups"]
 

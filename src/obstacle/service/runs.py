@@ -6,8 +6,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from obstacle.artifacts.manifest import ProbeManifest
-from obstacle.service.keys import run_prefix
-from obstacle.service.models import Checkpoint, Probe, Run
+from obstacle.platform.keys import run_prefix
+from obstacle.platform.models import Checkpoint, Probe, Run
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.schemas import (
     CheckpointPublic,
     OptimizerStatePublic,
@@ -15,7 +16,6 @@ from obstacle.service.schemas import (
     RunPublic,
     TrainLogPublic,
 )
-from obstacle.service.store import ArtifactStore
 
 __all__ = ["delete_run", "public_checkpoint", "public_probe", "public_run", "public_train_log"]
 

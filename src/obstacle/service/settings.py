@@ -1,135 +1,18 @@
-"""Settings of the HTTP service, read from ``OBSTACLE_*`` environment variables.
+"""Settings of the HTTP service: the shared part (``obstacle.platform.settings``) plus upload limits.
 
-Validated once at start-up: a value that would be unsafe is refused with an error naming the
-variable to set. The workers read the same shared part (``CommonSettings``) plus their own
-(``obstacle.workers.settings``).
-
-    OBSTACLE_ENVIRONMENT            local (default) | production
-    OBSTACLE_DATA_DIR               local directory for the default database, artifacts, temp files
-    OBSTACLE_DATABASE_URL           SQLAlchemy URL; default sqlite:///DATA_DIR/obstacle.db
-    OBSTACLE_BROKER_URL             redis://host:port/db; unset: `obstacle serve` starts its own Redis
-    OBSTACLE_ARTIFACT_URL           any fsspec URL (s3://bucket/prefix, file:///srv/x); default DATA_DIR/artifacts
-    OBSTACLE_VISIBILITY_TIMEOUT_S   seconds before Redis hands an unacknowledged task to another worker
-    OBSTACLE_CHECKPOINTS_PER_TASK   checkpoints one task analyses in order, Lanczos warm-started
-                                    along them (default 20: a typical analysis is one task)
-    OBSTACLE_CHECKPOINT_TIME_LIMIT_S   time per checkpoint: a task's hard limit is this × its group
-    OBSTACLE_FINALIZE_TIME_LIMIT_S  hard limit of the run-level task
-    OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis without progress this long is marked failed
-    OBSTACLE_MAX_CHECKPOINT_BYTES, OBSTACLE_MAX_PROBE_BYTES           upload size limits
-    OBSTACLE_MAX_TRAIN_LOG_BYTES    size limit of a run's train_log.jsonl (default 64 MiB)
+OBSTACLE_MAX_CHECKPOINT_BYTES, OBSTACLE_MAX_PROBE_BYTES           upload size limits
+OBSTACLE_MAX_TRAIN_LOG_BYTES    size limit of a run's train_log.jsonl (default 64 MiB)
 """
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
-from typing import Literal, Self
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+
+from obstacle.platform.settings import CommonSettings, ConfigurationError, GiB, MiB
 
 __all__ = ["CommonSettings", "ConfigurationError", "Settings"]
-
-MiB = 1024**2
-GiB = 1024**3
-
-
-class ConfigurationError(RuntimeError):
-    """A required setting is missing or unsafe; the message names the variable."""
-
-
-class CommonSettings(BaseSettings):
-    """What the service and the workers share: where the database, broker and artifacts are."""
-
-    model_config = SettingsConfigDict(env_prefix="OBSTACLE_", extra="ignore", frozen=True)
-
-    environment: Literal["local", "production"] = "local"
-    data_dir: Path = Path("obstacle-data")
-    database_url: str | None = None
-    broker_url: str | None = None
-    artifact_url: str | None = None
-
-    # A task must finish inside the visibility timeout or Redis hands it to a second worker while
-    # the first runs, so the timeout exceeds the longest task (a group of checkpoints). A task whose
-    # worker died comes back only after it: smaller groups allow a shorter timeout.
-    visibility_timeout_s: int = Field(default=5400, ge=1)
-    checkpoints_per_task: int = Field(default=20, ge=1)
-    checkpoint_time_limit_s: int = Field(default=240, ge=1)
-    finalize_time_limit_s: int = Field(default=240, ge=1)
-    analysis_stall_timeout_s: int = Field(default=7200, ge=1)
-
-    @property
-    def group_time_limit_s(self) -> int:
-        """The hard time limit of a task that analyses a group of checkpoints."""
-        return self.checkpoint_time_limit_s * self.checkpoints_per_task
-
-    @model_validator(mode="after")
-    def _check_safe(self) -> Self:
-        group = (
-            f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S={self.checkpoint_time_limit_s}"
-            if self.checkpoints_per_task == 1
-            else f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S={self.checkpoint_time_limit_s} × "
-            f"OBSTACLE_CHECKPOINTS_PER_TASK={self.checkpoints_per_task} "
-            f"= {self.group_time_limit_s} s (a task's limit)"
-        )
-        limits = {
-            group: self.group_time_limit_s,
-            f"OBSTACLE_FINALIZE_TIME_LIMIT_S={self.finalize_time_limit_s}": self.finalize_time_limit_s,
-        }
-        for name, limit in limits.items():
-            if limit >= self.analysis_stall_timeout_s:
-                raise ValueError(
-                    f"OBSTACLE_ANALYSIS_STALL_TIMEOUT_S={self.analysis_stall_timeout_s} must exceed "
-                    f"{name}: an analysis would be failed while a task of it is still within its "
-                    "time limit."
-                )
-            if limit >= self.visibility_timeout_s:
-                raise ValueError(
-                    f"{name} must be below OBSTACLE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s}: "
-                    "otherwise Redis hands a task that is still running to a second worker. Lower the "
-                    "limit or the checkpoints per task, or raise the timeout."
-                )
-        if self.environment == "production":
-            if self.database_url is None or self.database_url.startswith("sqlite"):
-                raise ValueError(
-                    "OBSTACLE_DATABASE_URL must name a PostgreSQL database when "
-                    "OBSTACLE_ENVIRONMENT=production (SQLite is for one machine); "
-                    "e.g. postgresql+psycopg://user:password@host/obstacle."
-                )
-            if "changethis" in self.database_url:
-                raise ValueError(
-                    "OBSTACLE_DATABASE_URL still holds the placeholder password 'changethis'; "
-                    "set POSTGRES_PASSWORD (docker compose) or the URL to a real secret."
-                )
-            if self.broker_url is None:
-                raise ValueError(
-                    "OBSTACLE_BROKER_URL must be set when OBSTACLE_ENVIRONMENT=production; the embedded "
-                    "Redis is for `obstacle serve` on one machine. E.g. redis://redis:6379/0."
-                )
-        return self
-
-    @cached_property
-    def resolved_database_url(self) -> str:
-        """The database URL, defaulting to SQLite inside the data directory."""
-        if self.database_url is not None:
-            return self.database_url
-        return f"sqlite:///{(self.data_dir / 'obstacle.db').resolve()}"
-
-    @cached_property
-    def resolved_artifact_url(self) -> str:
-        """The artifact store URL, defaulting to a directory inside the data directory."""
-        if self.artifact_url is not None:
-            return self.artifact_url
-        return str((self.data_dir / "artifacts").resolve())
-
-    def require_broker_url(self) -> str:
-        """The broker URL, or a ConfigurationError that says how to set it."""
-        if self.broker_url is None:
-            raise ConfigurationError(
-                "OBSTACLE_BROKER_URL is not set. Point it at a Redis (redis://host:6379/0), or run "
-                "`obstacle serve` without it to start an embedded Redis."
-            )
-        return self.broker_url
 
 
 class Settings(CommonSettings):

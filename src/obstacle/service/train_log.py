@@ -24,11 +24,11 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from obstacle.service.db import SessionFactory, session_scope
-from obstacle.service.keys import train_log_key
-from obstacle.service.models import Run
+from obstacle.platform.db import SessionFactory, session_scope
+from obstacle.platform.keys import train_log_key
+from obstacle.platform.models import Run
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.problems import ProblemError
-from obstacle.service.store import ArtifactStore
 from obstacle.service.uploads import ReceivedUpload
 
 __all__ = ["check_train_log", "ingest_train_log"]

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from obstacle.service.commands import worker
+from obstacle.workers.commands import worker
 
 typer.run(worker)

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
-from obstacle.workers.celery_app import create_celery
+from obstacle.platform.celery_app import create_celery
 from obstacle.workers.settings import WorkerSettings
 
 __all__ = ["app", "settings"]

@@ -36,9 +36,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from obstacle.errors import ObstacleError
-from obstacle.service.db import SessionFactory, session_scope
-from obstacle.service.keys import report_prefix
-from obstacle.service.models import (
+from obstacle.platform.db import SessionFactory, session_scope
+from obstacle.platform.keys import report_prefix
+from obstacle.platform.models import (
     Analysis,
     AnalysisState,
     Checkpoint,
@@ -47,7 +47,7 @@ from obstacle.service.models import (
     Run,
     utcnow,
 )
-from obstacle.service.store import ArtifactStore
+from obstacle.platform.store import ArtifactStore
 from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories, TrainLogFile
 
 __all__ = [

@@ -9,7 +9,7 @@ import sys
 from types import FrameType
 
 from obstacle.errors import DeviceError
-from obstacle.workers.celery_app import QUEUE
+from obstacle.platform.celery_app import QUEUE
 from obstacle.workers.runtime import visible_gpus
 from obstacle.workers.settings import WorkerSettings
 

@@ -35,7 +35,7 @@ from obstacle.artifacts.layout import (
     optimizer_filename,
 )
 from obstacle.errors import ProbeError
-from obstacle.service.store import ArtifactStore
+from obstacle.platform.store import ArtifactStore
 
 __all__ = ["CheckpointFiles", "ProbeFiles", "RunDirectories", "TrainLogFile"]
 

@@ -1,4 +1,4 @@
-"""Settings of a worker, read from ``OBSTACLE_*`` environment variables (see obstacle.service.settings).
+"""Settings of a worker, read from ``OBSTACLE_*`` environment variables (see obstacle.platform.settings).
 
 OBSTACLE_DEVICE             auto (default: CUDA when present, else CPU) | cpu | cuda
 OBSTACLE_WORKER_CACHE_DIR   where a worker keeps probes and materialised run directories
@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from obstacle.service.settings import CommonSettings
+from obstacle.platform.settings import CommonSettings
 
 __all__ = ["WorkerSettings"]
 

@@ -17,11 +17,11 @@ import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
 
 from obstacle.errors import ObstacleError
-from obstacle.service.db import create_db_engine, session_factory
-from obstacle.service.store import ArtifactStore
+from obstacle.platform.celery_app import ANALYZE_CHECKPOINTS, FINALIZE_ANALYSIS
+from obstacle.platform.db import create_db_engine, session_factory
+from obstacle.platform.store import ArtifactStore
 from obstacle.workers import jobs
 from obstacle.workers.app import app, settings
-from obstacle.workers.celery_app import ANALYZE_CHECKPOINTS, FINALIZE_ANALYSIS
 from obstacle.workers.rundir import RunDirectories
 from obstacle.workers.runtime import select_device
 

@@ -13,15 +13,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from obstacle.platform.db import SessionFactory
+from obstacle.platform.models import Analysis, Probe, Project, Run
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.auth import project_for_token
-from obstacle.service.db import SessionFactory
 from obstacle.service.ingest import no_probe
 from obstacle.service.metrics import Metrics
-from obstacle.service.models import Analysis, Probe, Project, Run
 from obstacle.service.problems import ProblemError
 from obstacle.service.queue import TaskQueue
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 from obstacle.service.uploads import ReceivedUpload, receive_upload
 
 MAX_STEP = 10**12

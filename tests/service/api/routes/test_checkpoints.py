@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from conftest_services import Tenant, make_settings, sha_headers
 from obstacle.artifacts.bundle import pack_probe
 from obstacle.artifacts.layout import PROBE_DIR, checkpoint_filename, optimizer_filename
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 from service.bundles import modified_safetensors, tensors
 
 

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from conftest_services import Tenant, make_settings, sha_headers
 from obstacle.artifacts.bundle import pack_probe
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_DIR, PROBE_MANIFEST, PROBE_PROGRAM
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 from service.bundles import (
     modified_safetensors,
     probe_files,

@@ -8,9 +8,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from conftest_services import Tenant, make_settings, upload_run
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 
 
 def test_create_read_and_list_runs(client: TestClient, tenant: Tenant) -> None:

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest_services import Tenant, make_settings, sha_headers
+from obstacle.platform.store import ArtifactStore
 from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
-from obstacle.service.store import ArtifactStore
 
 LOG = b"".join(
     json.dumps({"step": s, "lr": 0.1, "loss": 1.0 / s}).encode() + b"\n" for s in range(1, 6)

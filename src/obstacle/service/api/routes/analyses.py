@@ -10,6 +10,8 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from obstacle.platform.keys import report_prefix
+from obstacle.platform.models import Analysis, AnalysisState
 from obstacle.service.analyses import create_analysis, public_analysis
 from obstacle.service.api.deps import (
     CurrentAnalysis,
@@ -19,8 +21,6 @@ from obstacle.service.api.deps import (
     StateDep,
     StoreDep,
 )
-from obstacle.service.keys import report_prefix
-from obstacle.service.models import Analysis, AnalysisState
 from obstacle.service.problems import PROBLEM_RESPONSES, ProblemError
 from obstacle.service.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 

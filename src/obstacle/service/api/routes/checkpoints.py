@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from obstacle.platform.models import Checkpoint
 from obstacle.service.api.deps import (
     CheckpointUpload,
     CurrentRun,
@@ -17,7 +18,6 @@ from obstacle.service.api.deps import (
     not_found,
 )
 from obstacle.service.ingest import ingest_checkpoint, ingest_optimizer_state
-from obstacle.service.models import Checkpoint
 from obstacle.service.problems import PROBLEM_RESPONSES, upload_responses
 from obstacle.service.runs import public_checkpoint
 from obstacle.service.schemas import CheckpointPublic, CheckpointsPublic

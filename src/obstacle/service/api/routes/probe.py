@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
+from obstacle.platform.models import Probe
 from obstacle.service.api.deps import CurrentRun, ProbeUpload, SessionDep, StateDep, not_found
 from obstacle.service.ingest import ingest_probe
-from obstacle.service.models import Probe
 from obstacle.service.problems import PROBLEM_RESPONSES, upload_responses
 from obstacle.service.runs import public_probe
 from obstacle.service.schemas import ProbePublic

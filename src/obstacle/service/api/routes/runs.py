@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
+from obstacle.platform.models import Run
 from obstacle.service.api.deps import CurrentProject, CurrentRun, SessionDep, StoreDep
-from obstacle.service.models import Run
 from obstacle.service.problems import PROBLEM_RESPONSES
 from obstacle.service.runs import delete_run, public_run
 from obstacle.service.schemas import Message, RunCreate, RunPublic, RunsPublic

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from obstacle.service.settings import CommonSettings
+from obstacle.platform.settings import CommonSettings
 
 __all__ = [
     "ANALYZE_CHECKPOINTS",

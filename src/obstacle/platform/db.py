@@ -62,6 +62,6 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     with engine.begin() as connection:
         config = Config()
-        config.set_main_option("script_location", "obstacle.service:migrations")
+        config.set_main_option("script_location", "obstacle.platform:migrations")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection that ``obstacle.service.db.migrate`` hands over.
+"""Alembic environment: runs on the connection that ``obstacle.platform.db.migrate`` hands over.
 
 There is no alembic.ini: the configuration is built in code, so the migrations ship inside the
 package and run wherever the package is installed.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from alembic import context
 
-from obstacle.service.models import Base
+from obstacle.platform.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("Run the migrations with obstacle.service.db.migrate(engine).")
+    raise RuntimeError("Run the migrations with obstacle.platform.db.migrate(engine).")
 
 context.configure(
     connection=connection,

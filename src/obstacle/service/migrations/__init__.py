@@ -1,1 +1,0 @@
-"""Alembic migrations of the service database; run them with ``obstacle.service.db.migrate``."""
