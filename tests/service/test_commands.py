@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from conftest_services import make_settings
+from conftest_services import OBSTACLE_CLI, Process, make_settings
 from obstacle.cli import app
 from obstacle.service.app import create_app
 
@@ -70,3 +75,50 @@ def test_api_only_and_worker_need_a_broker(monkeypatch: pytest.MonkeyPatch, tmp_
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
         assert "OBSTACLE_BROKER_URL is not set" in result.output
+
+
+def _token(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OBSTACLE_CLI, "token", "create", "--project", "elsewhere", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def test_serve_and_token_share_one_data_dir_rule(
+    tmp_path: Path, redis_url: str, processes: Callable[..., Process]
+) -> None:
+    """A token created from another directory reaches the server's database when it names the
+    same data directory (flag or OBSTACLE_DATA_DIR); both commands print the directory they use."""
+    server_cwd, other_cwd = tmp_path / "server", tmp_path / "elsewhere"
+    server_cwd.mkdir()
+    other_cwd.mkdir()
+    data_dir = (server_cwd / "service-data").resolve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSTACLE_")}
+    serve_env = {**env, "OBSTACLE_BROKER_URL": redis_url}
+    argv = [*OBSTACLE_CLI, "serve", "--api-only", "--port", "0", "--data-dir", "service-data"]
+    api = processes(argv, serve_env, "api", cwd=server_cwd)
+    base = api.wait_for(r"API listening on (http://[0-9.]+:\d+)", timeout=90).group(1)
+    assert f"data directory {data_dir} (--data-dir)" in api.text()
+
+    by_env = _token(other_cwd, {**env, "OBSTACLE_DATA_DIR": str(data_dir)})
+    assert f"data directory {data_dir} (OBSTACLE_DATA_DIR)" in by_env.stderr
+    by_flag = _token(other_cwd, env, "--data-dir", "../server/service-data")
+    assert f"data directory {data_dir} (--data-dir)" in by_flag.stderr
+    # The default is said, with how to change it: a token made here goes to another database.
+    default = _token(other_cwd, env)
+    assert f"data directory {other_cwd.resolve() / 'obstacle-data'} (default" in default.stderr
+    assert "OBSTACLE_DATA_DIR" in default.stderr
+
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base}/healthz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, api.text()
+        time.sleep(0.2)
+    for created, accepted in ((by_env, 200), (by_flag, 200), (default, 401)):
+        token = created.stdout.strip()
+        answer = httpx.get(f"{base}/v1/runs", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == accepted, answer.text

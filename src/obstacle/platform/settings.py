@@ -5,7 +5,8 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
 (``obstacle.workers.settings``); the service adds its own (``obstacle.service.settings``).
 
     OBSTACLE_ENVIRONMENT            local (default) | production
-    OBSTACLE_DATA_DIR               local directory for the default database, artifacts, temp files
+    OBSTACLE_DATA_DIR               local directory for the default database, artifacts, temp files;
+                                    default ./obstacle-data of the current directory
     OBSTACLE_DATABASE_URL           SQLAlchemy URL; default sqlite:///DATA_DIR/obstacle.db
     OBSTACLE_BROKER_URL             redis://host:port/db; unset: `obstacle serve` starts its own Redis
     OBSTACLE_ARTIFACT_URL           any fsspec URL (s3://bucket/prefix, file:///srv/x); default DATA_DIR/artifacts
@@ -21,14 +22,25 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["CommonSettings", "ConfigurationError", "GiB", "MiB", "load_or_exit"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "CommonSettings",
+    "ConfigurationError",
+    "GiB",
+    "MiB",
+    "load_or_exit",
+]
 
 S = TypeVar("S")
+
+#: Where ``obstacle serve`` and ``obstacle token create`` keep the data when neither
+#: ``--data-dir`` nor OBSTACLE_DATA_DIR names a directory (relative to the current directory).
+DEFAULT_DATA_DIR = "obstacle-data"
 
 MiB = 1024**2
 GiB = 1024**3
@@ -44,7 +56,9 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OBSTACLE_", extra="ignore", frozen=True)
 
     environment: Literal["local", "production"] = "local"
-    data_dir: Path = Path("obstacle-data")
+    # Relative to the current directory unless absolute; made absolute at load time, so every
+    # process started from here (worker, token) uses the same directory.
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
     database_url: str | None = None
     broker_url: str | None = None
     artifact_url: str | None = None
@@ -57,6 +71,11 @@ class CommonSettings(BaseSettings):
     checkpoint_time_limit_s: int = Field(default=240, ge=1)
     finalize_time_limit_s: int = Field(default=240, ge=1)
     analysis_stall_timeout_s: int = Field(default=7200, ge=1)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
 
     @property
     def group_time_limit_s(self) -> int:
@@ -132,13 +151,14 @@ class CommonSettings(BaseSettings):
         return self.broker_url
 
 
-def load_or_exit(cls: type[S]) -> S:
-    """Settings from the environment, or a message naming each bad variable and exit 2."""
+def load_or_exit(cls: type[S], **values: Any) -> S:
+    """Settings from the environment (``values``, e.g. a command-line flag, take precedence), or a
+    message naming each bad variable and exit 2."""
     import typer
     from pydantic import ValidationError
 
     try:
-        return cls()
+        return cls(**values)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():

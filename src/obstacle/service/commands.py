@@ -23,6 +23,38 @@ from obstacle.platform.settings import load_or_exit as _load
 __all__ = ["register", "serve", "token_create"]
 
 
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help=(
+            "Where the service keeps its data (SQLite database, artifacts, embedded Redis, tokens). "
+            "Default: OBSTACLE_DATA_DIR, else ./obstacle-data of the current directory. "
+            "`serve` and `token create` follow the same rule and print the directory they use."
+        ),
+        show_default=False,
+    ),
+]
+
+
+def _data_dir_values(data_dir: Path | None) -> dict[str, object]:
+    """The settings' override for ``--data-dir`` (nothing when the flag is absent)."""
+    return {} if data_dir is None else {"data_dir": data_dir}
+
+
+def _announce_data_dir(resolved: Path, flag: Path | None) -> None:
+    """Say which data directory a command uses and why, on stderr (stdout may carry a token)."""
+    if flag is not None:
+        source = "--data-dir"
+    elif os.environ.get("OBSTACLE_DATA_DIR"):
+        source = "OBSTACLE_DATA_DIR"
+    else:
+        source = (
+            "default: ./obstacle-data of the current directory; set OBSTACLE_DATA_DIR or --data-dir"
+        )
+    typer.echo(f"obstacle: data directory {resolved} ({source})", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``serve`` and ``token`` to the ``obstacle`` command line."""
     app.command("serve")(serve)
@@ -54,9 +86,12 @@ def serve(
     migrate: Annotated[
         bool, typer.Option(help="Bring the database schema up to date before starting.")
     ] = True,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Run the service. With no configuration: the API, one worker, an embedded Redis, SQLite and a
-    local data directory (./obstacle-data), started and stopped together.
+    local data directory (--data-dir, else OBSTACLE_DATA_DIR, else ./obstacle-data), started and
+    stopped together. Prints the data directory it uses: run `obstacle token create` with the same
+    one.
 
     Configure it with OBSTACLE_* environment variables: OBSTACLE_DATABASE_URL (e.g.
     postgresql+psycopg://…), OBSTACLE_BROKER_URL (redis://…), OBSTACLE_ARTIFACT_URL (any fsspec URL,
@@ -71,7 +106,8 @@ def serve(
     from obstacle.service.embedded import EmbeddedRedis
     from obstacle.service.settings import ConfigurationError, Settings
 
-    settings = _load(Settings)
+    settings = _load(Settings, **_data_dir_values(data_dir))
+    _announce_data_dir(settings.data_dir, data_dir)
     overrides: dict[str, object] = {
         k: v for k, v in (("host", host), ("port", port)) if v is not None
     }
@@ -155,15 +191,27 @@ def token_create(
     label: Annotated[
         str, typer.Option(help="A note to remember the token by (who or what uses it).")
     ] = "",
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Create an API token for a project and print it (it is shown only once; only its hash is kept)."""
+    """Create an API token for a project and print it (it is shown only once; only its hash is kept).
+
+    The token is stored in the service's database: OBSTACLE_DATABASE_URL, else the SQLite database
+    in the data directory (--data-dir, else OBSTACLE_DATA_DIR, else ./obstacle-data), which must be
+    the one `obstacle serve` prints. The directory used is printed on stderr.
+    """
     from obstacle.platform.db import create_db_engine, migrate, session_factory, session_scope
     from obstacle.platform.settings import CommonSettings
     from obstacle.service.auth import create_token
 
     if not project.strip() or len(project) > 200:
         raise typer.BadParameter("--project must be a non-empty name of at most 200 characters.")
-    settings = _load(CommonSettings)
+    settings = _load(CommonSettings, **_data_dir_values(data_dir))
+    if settings.database_url is None:
+        _announce_data_dir(settings.data_dir, data_dir)
+    else:
+        typer.echo(
+            f"obstacle: database {_redact(settings.database_url)} (OBSTACLE_DATABASE_URL)", err=True
+        )
     engine = create_db_engine(settings.resolved_database_url)
     try:
         migrate(engine)
