@@ -35,9 +35,9 @@ def test_local_gate_passes_a_healthy_run(healthy_run: Path, tmp_path: Path) -> N
         str(healthy_run), "--local", "--junit-xml", str(junit), "--markdown", str(summary)
     )
     assert code == 0, out
-    assert "PASSED" in out
+    assert "PASSED" in out and f"run: {healthy_run.name}" in out
     cases = junit_cases(junit)
-    assert set(cases) == set(OBSTACLE_LABELS)
+    assert set(cases) == {f"{healthy_run.name}: {label}" for label in OBSTACLE_LABELS}
     assert not any(case.find("failure") is not None for case in cases.values())
     assert "✅ passed" in summary.read_text(encoding="utf-8")
 
@@ -54,7 +54,7 @@ def test_local_gate_fails_a_divergent_run_with_evidence(
     assert "FAILED" in out and "divergence present with confidence" in out
     assert "    - [" in out  # the evidence lines, one per test
     cases = junit_cases(junit)
-    failure = cases["divergence"].find("failure")
+    failure = cases[f"{divergent_run.name}: divergence"].find("failure")
     assert failure is not None and failure.get("type") == "divergence"
     assert "[" in (failure.text or "")
     assert "❌ failed" in summary.read_text(encoding="utf-8")
@@ -81,7 +81,8 @@ def test_local_gate_exits_2_on_broken_input(broken_run: Path, tmp_path: Path) ->
     assert code == 2, out
     assert "error:" in out
     cases = junit_cases(junit)
-    assert list(cases) == ["analysis"] and cases["analysis"].find("error") is not None
+    name = f"{broken_run.name}: analysis"
+    assert list(cases) == [name] and cases[name].find("error") is not None
     assert "no verdict" in summary.read_text(encoding="utf-8")
 
 
@@ -111,8 +112,42 @@ def test_gate_without_service_settings_exits_2(
     assert code == 2 and "OBSTACLE_URL" in out
 
 
+def test_junit_names_each_case_after_the_run_and_keeps_the_ids(tmp_path: Path) -> None:
+    from obstacle.client._gate import evaluate, junit_xml
+
+    report = {
+        "run": {"name": "3f9c2a0d81b7"},  # the service's report names its own directory
+        "verdict": {
+            "primary": "divergence",
+            "summary": "The run diverged.",
+            "obstacles": [{"kind": "divergence", "confidence": 1.0, "evidence": []}],
+            "ruled_out": [],
+        },
+    }
+    outcome = evaluate(
+        report,
+        fail_on=["divergence", "saddle_point"],
+        min_confidence=0.5,
+        run_name="resnet-lr0.1",
+        run_id="r-1",
+        analysis_id="a-1",
+        report_url="http://svc/v1/analyses/a-1/report.html",
+    )
+    root = ET.parse(junit_xml(outcome, tmp_path / "gate.xml")).getroot()
+    cases = root.findall("testsuite/testcase")
+    assert [c.get("name") for c in cases] == [
+        "resnet-lr0.1: divergence",
+        "resnet-lr0.1: saddle_point",
+    ]
+    assert {c.get("classname") for c in cases} == {"obstacle.gate.resnet-lr0_1"}
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["run_id"] == "r-1" and props["analysis_id"] == "a-1"
+    assert props["report_url"] == "http://svc/v1/analyses/a-1/report.html"
+    assert "3f9c2a0d81b7" not in ET.tostring(root, encoding="unicode")
+
+
 def test_every_command_has_help() -> None:
-    for command in ("upload", "status", "report", "gate"):
+    for command in ("upload", "submit", "runs", "analyses", "status", "report", "gate"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, result.output
         assert "Usage" in result.output

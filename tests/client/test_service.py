@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -42,8 +43,9 @@ def test_gate_passes_a_healthy_run(service: Service, healthy_run: Path, tmp_path
     root = ET.parse(junit).getroot()
     names = [case.get("name") for case in root.iter("testcase")]
     assert sorted(names) == sorted(
-        ["local_minimum", "saddle_point", "poor_conditioning", "gradient_noise",
-         "no_critical_point", "divergence", "overfitting"]
+        f"{healthy_run.name}: {label}"
+        for label in ["local_minimum", "saddle_point", "poor_conditioning", "gradient_noise",
+                      "no_critical_point", "divergence", "overfitting"]
     )  # fmt: skip
     assert root.find("testsuite/testcase/failure") is None
 
@@ -55,9 +57,23 @@ def test_gate_fails_a_divergent_run(service: Service, divergent_run: Path, tmp_p
     )
     assert code == 1, out
     assert "divergence present" in out and "    - [" in out
-    failures = ET.parse(junit).getroot().findall("testsuite/testcase/failure")
+    run_id = re.search(rf"^run: {divergent_run.name} \(([0-9a-f-]{{36}})\)$", out, re.M)
+    analysis_id = re.search(r"^analysis: ([0-9a-f-]{36})$", out, re.M)
+    assert run_id and analysis_id, out
+    report_url = f"{service.url}/v1/analyses/{analysis_id.group(1)}/report.html"
+    assert f"report: {report_url}" in out
+    root = ET.parse(junit).getroot()
+    failures = root.findall("testsuite/testcase/failure")
     assert [f.get("type") for f in failures] == ["divergence"]
-    assert "`divergence`" in summary.read_text(encoding="utf-8")
+    names = [case.get("name") for case in root.iter("testcase")]
+    assert f"{divergent_run.name}: divergence" in names  # the run's name, not the server's path
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["run_id"] == run_id.group(1) and props["report_url"] == report_url
+    text = summary.read_text(encoding="utf-8")
+    assert "`divergence`" in text and analysis_id.group(1) in text
+    with Client(service.url, service.token) as client:  # the link serves the report
+        html = client.request("GET", report_url.removeprefix(service.url)).text
+    assert html.lstrip().lower().startswith("<!doctype html")
 
 
 def test_gate_exits_2_on_broken_input(service: Service, broken_run: Path) -> None:
@@ -77,6 +93,7 @@ def test_gate_on_an_existing_run(service: Service, divergent_run: Path) -> None:
         run_id = upload_run_dir(client, divergent_run, name="existing", progress=False).run.id
     code, out = gate(service, "--run", run_id, "--fail-on", "divergence")
     assert code == 1, out
+    assert f"run: existing ({run_id})" in out
 
 
 def test_resumed_upload_sends_only_missing_checkpoints(

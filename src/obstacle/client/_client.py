@@ -279,6 +279,15 @@ class Client:
     def get_analysis(self, analysis_id: str) -> AnalysisStatus:
         return AnalysisStatus.from_json(self._json("GET", f"/v1/analyses/{analysis_id}"))
 
+    def list_analyses(self, run_id: str) -> list[AnalysisStatus]:
+        """The run's analyses, newest first."""
+        body = self._json("GET", f"/v1/runs/{run_id}/analyses")
+        return [AnalysisStatus.from_json(a) for a in body["data"]]
+
+    def report_url(self, analysis_id: str) -> str:
+        """Where the analysis's HTML report is served once it has succeeded (the token is needed)."""
+        return f"{self.url}/v1/analyses/{analysis_id}/report.html"
+
     def wait_analysis(
         self,
         analysis_id: str,

@@ -22,6 +22,7 @@ __all__ = [
     "OBSTACLE_LABELS",
     "Case",
     "GateOutcome",
+    "case_name",
     "evaluate",
     "format_outcome",
     "junit_error_xml",
@@ -72,6 +73,9 @@ class GateOutcome:
     summary: str
     min_confidence: float
     cases: list[Case]
+    run_id: str | None = None
+    analysis_id: str | None = None
+    report_url: str | None = None
 
     @property
     def failures(self) -> list[Case]:
@@ -83,9 +87,20 @@ class GateOutcome:
 
 
 def evaluate(
-    report: dict[str, Any], *, fail_on: Sequence[str], min_confidence: float
+    report: dict[str, Any],
+    *,
+    fail_on: Sequence[str],
+    min_confidence: float,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    analysis_id: str | None = None,
+    report_url: str | None = None,
 ) -> GateOutcome:
-    """The gate's decision on ``report`` for the obstacles ``fail_on``."""
+    """The gate's decision on ``report`` for the obstacles ``fail_on``.
+
+    ``run_name`` names the run in every output (default: the report's own, which on the service is
+    the name of a directory there); the ids and the report's URL are printed when given.
+    """
     verdict = report["verdict"]
     present = {o["kind"]: o for o in verdict.get("obstacles") or []}
     ruled_out = {r["kind"]: r for r in verdict.get("ruled_out") or []}
@@ -123,12 +138,25 @@ def evaluate(
             cases.append(Case(label, False, None, "not assessed by this analysis"))
     run = report.get("run") or {}
     return GateOutcome(
-        run_name=str(run.get("name") or "run"),
+        run_name=run_name or str(run.get("name") or "run"),
         primary=str(verdict.get("primary", "?")),
         summary=str(verdict.get("summary", "")),
         min_confidence=min_confidence,
         cases=cases,
+        run_id=run_id,
+        analysis_id=analysis_id,
+        report_url=report_url,
     )
+
+
+def _identity_lines(outcome: GateOutcome) -> list[str]:
+    """Which run and analysis the gate judged, and where its report is."""
+    lines = [f"run: {outcome.run_name}" + (f" ({outcome.run_id})" if outcome.run_id else "")]
+    if outcome.analysis_id:
+        lines.append(f"analysis: {outcome.analysis_id}")
+    if outcome.report_url:
+        lines.append(f"report: {outcome.report_url}")
+    return lines
 
 
 def _evidence_lines(case: Case) -> list[str]:
@@ -141,8 +169,9 @@ def _evidence_lines(case: Case) -> list[str]:
 
 
 def format_outcome(outcome: GateOutcome) -> str:
-    """What the gate prints: the verdict, then each failing obstacle with its evidence."""
-    lines = [outcome.summary, ""]
+    """What the gate prints: the run, analysis and report, the verdict, then each failing obstacle
+    with its evidence."""
+    lines = [*_identity_lines(outcome), "", outcome.summary, ""]
     if outcome.failures:
         lines.append(
             f"FAILED: {len(outcome.failures)} obstacle(s) at or above confidence "
@@ -181,15 +210,32 @@ def _write(root: ET.Element, path: Path) -> Path:
     return path
 
 
+def case_name(run_name: str, label: str) -> str:
+    """A JUnit test case's name: the run, then what was checked (``my-run: divergence``)."""
+    return f"{run_name}: {label}"
+
+
+def _classname(run_name: str) -> str:
+    # CI viewers split a classname at dots into packages; a run named "lr0.1" stays one level.
+    return "obstacle.gate." + run_name.replace(".", "_")
+
+
 def junit_xml(outcome: GateOutcome, path: Path) -> Path:
     """One ``testcase`` per obstacle considered; a ``failure`` (with the evidence) per failing one."""
     root, suite = _suite(outcome.run_name, len(outcome.cases), len(outcome.failures), 0)
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="primary", value=outcome.primary)
     ET.SubElement(props, "property", name="min_confidence", value=f"{outcome.min_confidence:g}")
+    for key in ("run_id", "analysis_id", "report_url"):
+        value = getattr(outcome, key)
+        if value:
+            ET.SubElement(props, "property", name=key, value=value)
     for case in outcome.cases:
         element = ET.SubElement(
-            suite, "testcase", classname=f"obstacle.gate.{outcome.run_name}", name=case.label
+            suite,
+            "testcase",
+            classname=_classname(outcome.run_name),
+            name=case_name(outcome.run_name, case.label),
         )
         element.set("time", "0")
         if case.failed:
@@ -204,7 +250,10 @@ def junit_error_xml(run_name: str, message: str, path: Path) -> Path:
     """The JUnit file when the analysis could not be done: one ``analysis`` case in error."""
     root, suite = _suite(run_name, 1, 0, 1)
     element = ET.SubElement(
-        suite, "testcase", classname=f"obstacle.gate.{run_name}", name="analysis"
+        suite,
+        "testcase",
+        classname=_classname(run_name),
+        name=case_name(run_name, "analysis"),
     )
     ET.SubElement(
         element, "error", message=message.splitlines()[0][:500], type="ObstacleError"
@@ -221,6 +270,8 @@ def markdown_summary(outcome: GateOutcome) -> str:
     status = "❌ failed" if outcome.failures else "✅ passed"
     lines = [
         f"## obstacle gate: {status} — {outcome.run_name}",
+        "",
+        *[f"- {_cell(line)}" for line in _identity_lines(outcome)],
         "",
         f"**Verdict:** {_cell(outcome.summary)}",
         "",
