@@ -138,7 +138,11 @@ def checkpoint_header(
 
 
 def append_train_log(run_dir: str | Path, *, step: int, lr: float, loss: float) -> None:
-    """Append one ``{step, lr, loss}`` line of a logged minibatch loss to ``train_log.jsonl``."""
+    """Append one ``{step, lr, loss}`` line of a logged minibatch loss to ``train_log.jsonl``.
+
+    The run directory is created if it is missing (the log may come before the probe).
+    """
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     with (Path(run_dir) / TRAIN_LOG).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"step": int(step), "lr": float(lr), "loss": float(loss)}) + "\n")
 
