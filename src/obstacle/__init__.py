@@ -22,7 +22,7 @@ from obstacle.errors import (
     ProbeError,
     RunDirectoryError,
     ServiceError,
-    TimeoutError,
+    ServiceTimeoutError,
     TransportError,
     UnsafeArchiveError,
 )
@@ -76,7 +76,7 @@ __all__ = [
     "RunDirectoryError",
     "RunInfo",
     "ServiceError",
-    "TimeoutError",
+    "ServiceTimeoutError",
     "TransportError",
     "UnsafeArchiveError",
     "__version__",

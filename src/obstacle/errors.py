@@ -12,7 +12,7 @@
     │   └── DeviceError            CUDA out of memory, missing device, ...
     └── TransportError             talking to the service failed (client side)
         ├── ConnectError           the service could not be reached
-        ├── TimeoutError           the service did not answer in time
+        ├── ServiceTimeoutError    the service did not answer, or an analysis did not finish, in time
         └── ServiceError           the service answered with an RFC 9457 problem
 
 Every message names the thing, the rule, the value received and what to do next.
@@ -37,7 +37,7 @@ __all__ = [
     "ProbeError",
     "RunDirectoryError",
     "ServiceError",
-    "TimeoutError",
+    "ServiceTimeoutError",
     "TransportError",
     "UnsafeArchiveError",
 ]
@@ -95,8 +95,11 @@ class ConnectError(TransportError):
     """The service could not be reached."""
 
 
-class TimeoutError(TransportError):
-    """The service did not answer in time."""
+class ServiceTimeoutError(TransportError):
+    """The service did not answer in time, or an analysis did not finish within the wait.
+
+    Not named ``TimeoutError``: that would shadow the builtin for ``from obstacle.errors import *``.
+    """
 
 
 class ServiceError(TransportError):

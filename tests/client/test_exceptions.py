@@ -15,7 +15,7 @@ from obstacle.errors import (
     InputError,
     ObstacleError,
     ServiceError,
-    TimeoutError,
+    ServiceTimeoutError,
     TransportError,
 )
 
@@ -28,11 +28,11 @@ HTTPX_EXCEPTIONS = sorted(
     key=lambda cls: cls.__name__,
 )
 EXPECTED = {
-    httpx.ConnectTimeout: TimeoutError,
-    httpx.ReadTimeout: TimeoutError,
-    httpx.WriteTimeout: TimeoutError,
-    httpx.PoolTimeout: TimeoutError,
-    httpx.TimeoutException: TimeoutError,
+    httpx.ConnectTimeout: ServiceTimeoutError,
+    httpx.ReadTimeout: ServiceTimeoutError,
+    httpx.WriteTimeout: ServiceTimeoutError,
+    httpx.PoolTimeout: ServiceTimeoutError,
+    httpx.TimeoutException: ServiceTimeoutError,
     httpx.ConnectError: ConnectError,
     httpx.ProxyError: ConnectError,
     httpx.InvalidURL: InputError,
@@ -81,6 +81,18 @@ def test_service_error_carries_the_problem() -> None:
     assert caught.value.status == 503
     assert caught.value.problem["detail"] == "the broker is down"
     assert "the broker is down" in str(caught.value)
+
+
+def test_no_public_name_shadows_a_builtin() -> None:
+    import builtins
+
+    import obstacle
+    import obstacle.errors
+
+    for module in (obstacle, obstacle.errors, obstacle.client):
+        assert not set(module.__all__) & set(dir(builtins)), module.__name__
+    assert issubclass(obstacle.ServiceTimeoutError, obstacle.TransportError)
+    assert not hasattr(obstacle.errors, "TimeoutError")
 
 
 def test_public_names_are_complete() -> None:

@@ -21,7 +21,7 @@ from obstacle.client._models import (
     RunInfo,
 )
 from obstacle.client._progress import progress_bar
-from obstacle.errors import ComputeError, ParameterError, TimeoutError, TransportError
+from obstacle.errors import ComputeError, ParameterError, ServiceTimeoutError, TransportError
 
 if TYPE_CHECKING:
     from obstacle.battery.probe import Probe
@@ -44,7 +44,7 @@ class Client:
     """A connection to an obstacle service.
 
     ``Client("http://localhost:8000", token)`` — every call raises only ``obstacle`` errors:
-    ``ConnectError``/``TimeoutError`` when the service cannot be reached in time (after
+    ``ConnectError``/``ServiceTimeoutError`` when the service cannot be reached in time (after
     ``retries`` retries with exponential backoff for idempotent calls), ``ServiceError`` with
     the service's RFC 9457 problem otherwise. Use it as a context manager, or call ``close()``.
     """
@@ -310,7 +310,7 @@ class Client:
                 if status.finished:
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(
+                    raise ServiceTimeoutError(
                         f"analysis {analysis_id} is still {status.state} after {timeout:g} s "
                         f"({status.progress.done}/{status.progress.total} checkpoints). Wait longer, "
                         f"or poll it later with `obstacle status {analysis_id}`."

@@ -6,7 +6,7 @@ The client raises only these (from ``obstacle.errors``); no httpx type ever leak
     ├── InputError                 the URL or request is malformed (httpx.InvalidURL, ...)
     └── TransportError             talking to the service failed
         ├── ConnectError           httpx.ConnectError, httpx.ProxyError
-        ├── TimeoutError           httpx.TimeoutException and its four subclasses
+        ├── ServiceTimeoutError    httpx.TimeoutException and its four subclasses
         └── ServiceError           the service answered 4xx/5xx (RFC 9457 problem+json)
 
 ``map_httpx_exceptions`` does the translation; ``test_exceptions.py`` checks that every exception
@@ -26,7 +26,7 @@ from obstacle.errors import (
     InputError,
     ObstacleError,
     ServiceError,
-    TimeoutError,
+    ServiceTimeoutError,
     TransportError,
 )
 
@@ -34,7 +34,7 @@ __all__ = ["HTTPX_ERRORS", "map_httpx_exceptions", "service_error"]
 
 # Most specific first: the first row whose httpx class matches wins.
 HTTPX_ERRORS: tuple[tuple[type[Exception], type[ObstacleError], str], ...] = (
-    (httpx.TimeoutException, TimeoutError, "the service did not answer in time"),
+    (httpx.TimeoutException, ServiceTimeoutError, "the service did not answer in time"),
     (httpx.ConnectError, ConnectError, "the service could not be reached"),
     (httpx.ProxyError, ConnectError, "the proxy refused the connection"),
     (httpx.UnsupportedProtocol, InputError, "the URL's scheme is not http or https"),
