@@ -7,18 +7,20 @@ generated source (rule 12). Torch-free.
 
 from __future__ import annotations
 
-import json
 import keyword
 import re
-from itertools import accumulate
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from obstacle.artifacts._zip import _RECAPTURE, _ZipContainer
+from obstacle.artifacts.untrusted_json import JsonLimits, JsonRuleError, load_bounded_json
 
 _MAX_JSON_DEPTH = 64
 _MAX_TEXT_CHARS = 1 << 16
 _MAX_NAME_CHARS = 256
 _INT64 = 1 << 63
+_MAX_DIMS = 64
+_MAX_PAYLOAD_BYTES = 1 << 34  # one weight of a probe; the archive's own limit is lower by default
 
 # ScalarType code (torch/_export/serde/schema.py) -> element size in bytes. UNKNOWN (0) is absent.
 _DTYPE_SIZES = {
@@ -30,34 +32,18 @@ _MEMORY_FORMATS = {1, 2, 3, 4}
 _DEVICE_TYPES = {"cpu", "cuda"}
 
 
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+def _parse_json(text: str | bytes, *, max_depth: int) -> Any:
+    """Bounded JSON (``untrusted_json``): nesting, numbers, strings, unique keys, no NaN literals."""
+    return load_bounded_json(text, replace(_ARCHIVE_JSON, max_depth=max_depth))
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key[:80]!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"the non-standard constant {token} (torch writes floats as strings)")
-
-
-def _parse_json(text: str, *, max_depth: int) -> Any:
-    """``json.loads`` with a nesting bound, unique keys and no NaN/Infinity literals."""
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    depth = max(accumulate(_BRACKET_STEP[c] for c in brackets), default=0)
-    if depth > max_depth:
-        raise ValueError(f"nesting depth {depth} is over the limit of {max_depth}")
-    try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("nesting too deep") from None
+_ARCHIVE_JSON = JsonLimits(
+    max_bytes=1 << 40,  # the entry's size is bounded by the container's max_json_bytes
+    max_depth=_MAX_JSON_DEPTH,
+    max_number_chars=40,
+    max_int=_INT64,
+    max_string_chars=1 << 20,
+)
 
 
 class _JsonChecker:
@@ -72,14 +58,14 @@ class _JsonChecker:
 
     def load(self, raw: bytes) -> Any:
         try:
-            return _parse_json(raw.decode("utf-8"), max_depth=_MAX_JSON_DEPTH)
-        except (UnicodeDecodeError, ValueError) as exc:
+            return _parse_json(raw, max_depth=_MAX_JSON_DEPTH)
+        except JsonRuleError as exc:
             self.fail("", f"is not valid, bounded JSON ({exc})")
 
     def embedded_json(self, text: str, where: str) -> Any:
         try:
             return _parse_json(text, max_depth=_MAX_JSON_DEPTH)
-        except ValueError as exc:
+        except JsonRuleError as exc:
             self.fail(where, f"is not valid, bounded JSON ({exc})")
 
     def record(
@@ -212,14 +198,47 @@ class _JsonChecker:
         offset = self._concrete(fields["storage_offset"], f"{where}.storage_offset")
         if len(sizes) != len(strides):
             self.fail(where, f"has {len(sizes)} sizes but {len(strides)} strides")
+        if len(sizes) > _MAX_DIMS:
+            self.fail(
+                f"{where}.sizes", f"has {len(sizes)} dimensions, over the limit of {_MAX_DIMS}"
+            )
         if any(size == 0 for size in sizes):
             return dtype, 0
+        self._check_no_overlap(sizes, strides, where)
+        numel = 1
+        for size in sizes:
+            numel *= size
+        if numel * _DTYPE_SIZES[dtype] > _MAX_PAYLOAD_BYTES:
+            self.fail(
+                f"{where}.sizes",
+                f"is a {numel}-element tensor ({sizes}), over the limit of {_MAX_PAYLOAD_BYTES} "
+                "bytes for one weight or constant of a probe",
+            )
         elements = (
             offset
             + 1
             + sum((size - 1) * stride for size, stride in zip(sizes, strides, strict=True))
         )
         return dtype, elements * _DTYPE_SIZES[dtype]
+
+    def _check_no_overlap(self, sizes: list[int], strides: list[int], where: str) -> None:
+        """No two elements of the view share storage (a stride-0 or overlapping view is refused).
+
+        torch.export.save writes each weight's own storage; a view whose elements overlap (a
+        stride of 0 over a large size, or strides smaller than the dimensions inside them) would
+        make a tensor far larger than the bytes stored, which the workers then materialise.
+        """
+        extent = 1  # elements spanned by the dimensions with smaller strides
+        for stride, size in sorted(
+            (st, sz) for st, sz in zip(strides, sizes, strict=True) if sz > 1
+        ):
+            if stride < extent:
+                self.fail(
+                    f"{where}.strides",
+                    f"are {strides} for sizes {sizes}: the view's elements overlap (a stride of "
+                    f"{stride} where at least {extent} is needed), so it is larger than its storage",
+                )
+            extent = stride * (size - 1) + extent
 
     def _concrete(self, value: Any, where: str) -> int:
         kind, inner = self.union(value, where, frozenset({"as_int"}))

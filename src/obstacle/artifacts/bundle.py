@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import stat
+import struct
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -26,11 +27,15 @@ from pathlib import Path
 from typing import BinaryIO, overload
 
 import numpy as np
-from pydantic import ValidationError
 
 from obstacle.artifacts.archive import ArchiveSummary, validate_program_archive
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_MANIFEST, PROBE_PROGRAM
-from obstacle.artifacts.manifest import SAFETENSORS_DTYPES, ProbeManifest
+from obstacle.artifacts.manifest import (
+    MAX_MANIFEST_BYTES,
+    SAFETENSORS_DTYPES,
+    ProbeManifest,
+    parse_manifest,
+)
 from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header_bytes
 from obstacle.errors import CheckpointError, ProbeError
 
@@ -44,9 +49,9 @@ __all__ = [
 ]
 
 BUNDLE_MEMBERS = (PROBE_MANIFEST, PROBE_PROGRAM, PROBE_DATA)
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1 << 20
+_MAX_DIRECTORY_BYTES = 4096  # three central-directory records with zip64 extras
 
 # safetensors float dtype -> (unsigned view, exponent mask): all exponent bits set is NaN or Inf.
 _FLOAT_EXPONENTS: dict[str, tuple[type[np.unsignedinteger], int]] = {
@@ -119,13 +124,15 @@ def unpack_probe_bundle(
 ) -> ProbeBundle:
     """Check the bundle at ``bundle_path`` and unpack it into the empty directory ``dest_dir``.
 
-    ``max_bytes`` bounds the unpacked size (default: the bundle's own size, as bundles are
-    stored uncompressed). Raises ProbeError (UnsafeArchiveError for the program) naming what is
+    ``max_bytes`` bounds the unpacked size, which is never more than the bundle's own size:
+    members are stored uncompressed, and the member count, names, sizes and methods are checked
+    from the central directory before a byte is written to ``dest_dir``. Raises ProbeError (UnsafeArchiveError for the program) naming what is
     wrong; nothing in the bundle is executed or unpickled.
     """
     source = Path(bundle_path)
     dest = Path(dest_dir)
-    limit = max_bytes if max_bytes is not None else source.stat().st_size
+    size = source.stat().st_size
+    limit = size if max_bytes is None else min(max_bytes, size)
     _extract(source, dest, limit)
 
     manifest = _read_manifest(dest / PROBE_MANIFEST)
@@ -157,10 +164,41 @@ def unpack_probe_bundle(
     return ProbeBundle(dest, manifest, digest, data_header, program)
 
 
+def _check_directory_size(source: Path) -> None:
+    """Bound the central directory from the end record, before zipfile reads the directory."""
+    size = source.stat().st_size
+    with source.open("rb") as handle:
+        tail_len = min(size, 22 + 0xFFFF)
+        handle.seek(size - tail_len)
+        tail = handle.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise ProbeError(
+            "probe bundle: not a readable zip archive (it has no end-of-central-directory record: "
+            "the upload is truncated or another format). Upload the bytes of "
+            "obstacle.artifacts.bundle.pack_probe(RUN_DIR/probe)."
+        )
+    entries, directory_bytes = struct.unpack("<HL", tail[at + 10 : at + 16])
+    if entries > len(BUNDLE_MEMBERS) or directory_bytes > _MAX_DIRECTORY_BYTES:
+        raise ProbeError(
+            f"probe bundle: its zip directory declares {entries} members in {directory_bytes} "
+            f"bytes; a bundle holds exactly {len(BUNDLE_MEMBERS)} members ({', '.join(BUNDLE_MEMBERS)}) "
+            f"in at most {_MAX_DIRECTORY_BYTES} bytes. Pack the probe directory with pack_probe."
+        )
+
+
 def _extract(source: Path, dest: Path, limit: int) -> None:
+    _check_directory_size(source)
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        struct.error,
+    ) as exc:
         raise ProbeError(
             f"probe bundle: not a readable zip archive ({exc}). Upload the bytes of "
             "obstacle.artifacts.bundle.pack_probe(RUN_DIR/probe)."
@@ -203,10 +241,12 @@ def _check_member(info: zipfile.ZipInfo, limit: int) -> int:
         )
     if info.flag_bits & 0x1:
         raise ProbeError(f"probe bundle: member {name} is encrypted; upload it unencrypted.")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
         raise ProbeError(
-            f"probe bundle: member {name} uses zip compression method {info.compress_type}; "
-            "only stored or deflated members are read."
+            f"probe bundle: member {name} is compressed (zip method {info.compress_type}, "
+            f"{info.compress_size} bytes that expand to {info.file_size}); members must be stored "
+            "uncompressed, so that nothing expands beyond the upload. Pack the probe with "
+            "obstacle.artifacts.bundle.pack_probe instead of re-zipping it."
         )
     if info.file_size > limit:
         raise ProbeError(
@@ -220,17 +260,7 @@ def _check_member(info: zipfile.ZipInfo, limit: int) -> int:
 
 
 def _read_manifest(path: Path) -> ProbeManifest:
-    try:
-        return ProbeManifest.model_validate_json(path.read_bytes())
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(document)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ProbeError(
-            f"probe bundle: {PROBE_MANIFEST} is not a valid probe manifest ({problems}). "
-            "Capture the probe again with obstacle.Probe.capture(...).save(run_dir)."
-        ) from None
+    return parse_manifest(path.read_bytes(), name=f"probe bundle: {PROBE_MANIFEST}")
 
 
 def _check_data(manifest: ProbeManifest, header: SafetensorsHeader) -> None:

@@ -5,13 +5,13 @@ Torch-free, so that the service can check an uploaded checkpoint against it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from obstacle.artifacts.safetensors_header import SafetensorsHeader
+from obstacle.artifacts.untrusted_json import JsonLimits, parse_untrusted_json
 from obstacle.errors import CheckpointError, ProbeError
 
 MANIFEST_FORMAT: Literal["obstacle.probe/1"] = "obstacle.probe/1"
@@ -119,18 +119,41 @@ def _both_float(torch_dtype: str, code: str) -> bool:
     )
 
 
+MAX_MANIFEST_BYTES = 16 * 2**20
+MANIFEST_JSON = JsonLimits(max_bytes=MAX_MANIFEST_BYTES, max_depth=8)
+
+
+def parse_manifest(raw: bytes | str, *, name: str) -> ProbeManifest:
+    """Validate the bytes of a ``manifest.json`` (untrusted: bounded JSON, then the schema)."""
+    fix = "Capture the probe again with obstacle.Probe.capture(...).save(run_dir)"
+    document = parse_untrusted_json(
+        raw, what=f"{name}: the probe manifest", error=ProbeError, fix=fix, limits=MANIFEST_JSON
+    )
+    try:
+        return ProbeManifest.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(document)'}: {err['msg']}"
+            for err in exc.errors()[:10]
+        )
+        raise ProbeError(
+            f"{name}: the probe manifest is not a valid obstacle.probe/1 manifest ({problems}). "
+            f"{fix}."
+        ) from None
+
+
 def read_manifest(path: str | Path) -> ProbeManifest:
     """Read and validate ``manifest.json``."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise ProbeError(
             f"{p}: no probe manifest. Capture the probe with obstacle.Probe.capture(...).save(run_dir)."
         ) from None
-    try:
-        return ProbeManifest.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
+    except OSError as exc:
         raise ProbeError(
-            f"{p}: the probe manifest is malformed: {exc}. Capture the probe again."
+            f"{p}: the probe manifest cannot be read ({exc.strerror or exc}). Check that the path "
+            "is the manifest.json file of a probe directory."
         ) from None
+    return parse_manifest(raw, name=str(p))

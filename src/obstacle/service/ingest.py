@@ -9,7 +9,6 @@ changed again, so a local store on its filesystem takes it as a hardlink instead
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import uuid
@@ -24,6 +23,7 @@ from obstacle.artifacts.bundle import BUNDLE_MEMBERS, nonfinite_tensors, unpack_
 from obstacle.artifacts.layout import PROBE_DIR, header_batch_size
 from obstacle.artifacts.manifest import ProbeManifest
 from obstacle.artifacts.safetensors_header import SafetensorsHeader, read_header_bytes
+from obstacle.artifacts.untrusted_json import JsonLimits, parse_untrusted_json
 from obstacle.errors import CheckpointError
 from obstacle.platform.db import SessionFactory, session_scope
 from obstacle.platform.keys import checkpoint_key, optimizer_key, probe_prefix
@@ -33,6 +33,10 @@ from obstacle.service.problems import ProblemError
 from obstacle.service.uploads import ReceivedUpload
 
 __all__ = ["ingest_checkpoint", "ingest_optimizer_state", "ingest_probe", "no_probe"]
+
+
+# The optimizer entry holds the class name and scalar hyperparameters (per parameter, at most).
+OPTIMIZER_JSON = JsonLimits(max_bytes=2**20, max_depth=8)
 
 
 def _conflict(what: str, existing: str, received: str, fix: str) -> ProblemError:
@@ -291,16 +295,25 @@ def checkpoint_metadata(
     header_batch_size(metadata, name)  # the worker reads it; refuse a bad one here, not there
     optimizer_class = None
     if "optimizer" in metadata:
-        try:
-            info = json.loads(metadata["optimizer"])
-            optimizer_class = str(info["class"])
-            if not isinstance(info["hyperparameters"], dict):
-                raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
+        info = parse_untrusted_json(
+            metadata["optimizer"],
+            what=f"{name}: the header's 'optimizer' entry",
+            error=CheckpointError,
+            fix="Save the checkpoint again with obstacle.save_checkpoint(..., optimizer=opt)",
+            limits=OPTIMIZER_JSON,
+        )
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("class"), str)
+            and 0 < len(info["class"]) <= 200
+            and isinstance(info.get("hyperparameters"), dict)
+        ):
             raise CheckpointError(
-                f"{name}: the header's 'optimizer' entry must be JSON with 'class' and "
-                "'hyperparameters'; save the checkpoint again with obstacle.save_checkpoint."
-            ) from None
+                f"{name}: the header's 'optimizer' entry must be a JSON object with a 'class' name "
+                f"and a 'hyperparameters' object; got {metadata['optimizer'][:80]!r}. Save the "
+                "checkpoint again with obstacle.save_checkpoint(..., optimizer=opt)."
+            )
+        optimizer_class = info["class"]
     return CheckpointMeta(lr=chosen_lr, train_loss=chosen_loss, optimizer_class=optimizer_class)
 
 

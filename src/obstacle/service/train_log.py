@@ -17,13 +17,13 @@ finds a complete log. An analysis reads the log the run holds when its run-level
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from pathlib import Path
 
 from sqlalchemy import update
 
+from obstacle.artifacts.untrusted_json import JsonLimits, JsonRuleError, load_bounded_json
 from obstacle.platform.db import SessionFactory, session_scope
 from obstacle.platform.keys import train_log_key
 from obstacle.platform.models import Run
@@ -31,7 +31,11 @@ from obstacle.platform.store import ArtifactStore
 from obstacle.service.problems import ProblemError
 from obstacle.service.uploads import ReceivedUpload
 
-__all__ = ["check_train_log", "ingest_train_log"]
+__all__ = ["LINE_LIMITS", "MAX_LINE_BYTES", "check_train_log", "ingest_train_log"]
+
+MAX_LINE_BYTES = 64 * 1024
+# Python's json.dumps writes NaN and Infinity for a diverged loss, so the log may hold them.
+LINE_LIMITS = JsonLimits(max_bytes=MAX_LINE_BYTES, max_depth=16, allow_nonfinite=True)
 
 
 def _invalid(number: int, rule: str, line: bytes) -> ProblemError:
@@ -67,10 +71,20 @@ def _rule_broken(entry: object) -> str | None:
 
 
 def check_train_log(path: Path) -> int:
-    """The number of entries of the JSONL file at ``path``; a 422 naming the first bad line."""
+    """The number of entries of the JSONL file at ``path``; a 422 naming the first bad line.
+
+    Each line goes through ``obstacle.artifacts.untrusted_json`` (``LINE_LIMITS``): at most
+    ``MAX_LINE_BYTES``, bounded nesting and number lengths, no duplicate keys.
+    """
     entries = 0
     with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise _invalid(
+                    number,
+                    f"a line is at most {MAX_LINE_BYTES} bytes (append_train_log writes under 100)",
+                    line[:80],
+                )
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError:
@@ -78,9 +92,10 @@ def check_train_log(path: Path) -> int:
             if not text.strip():
                 continue
             try:
-                entry = json.loads(text)
-            except json.JSONDecodeError:
-                entry = None
+                entry = load_bounded_json(text, LINE_LIMITS)
+            except JsonRuleError as exc:
+                bounds = f"each line must be a JSON object within bounds; the line {exc.problem}"
+                raise _invalid(number, bounds, line) from None
             rule = _rule_broken(entry)
             if rule is not None:
                 raise _invalid(number, rule, line)
