@@ -136,6 +136,8 @@ class ArchiveSummary:
     uncompressed_bytes: int
     operators: tuple[str, ...]
     node_count: int
+    parameters: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """(FQN, sizes) of every weight the weights config marks ``is_param``, in file order."""
 
 
 def validate_program_archive(
@@ -207,6 +209,7 @@ class _ArchiveValidator(_ZipContainer):
         self._check_layout(infos, archive.start_dir)
         entries = self._check_entry_names(infos)
         contents = self._read_entries(archive, entries)
+        self.parameters: list[tuple[str, tuple[int, ...]]] = []
         weights = self._check_payload_config(
             _WEIGHTS_CONFIG, contents[_WEIGHTS_CONFIG], "weight", _WEIGHT_FILE, entries
         )
@@ -220,6 +223,7 @@ class _ArchiveValidator(_ZipContainer):
             uncompressed_bytes=total,
             operators=tuple(sorted(program.operators)),
             node_count=program.node_count,
+            parameters=tuple(self.parameters),
         )
 
     # -- payload configs (weights and constants) ----------------------------------------------
@@ -249,7 +253,7 @@ class _ArchiveValidator(_ZipContainer):
                 meta, where, {"path_name", "is_param", "use_pickle", "tensor_meta"}
             )
             path_name = checker.string(fields["path_name"], f"{where}.path_name")
-            checker.boolean(fields["is_param"], f"{where}.is_param")
+            is_param = checker.boolean(fields["is_param"], f"{where}.is_param")
             use_pickle = checker.boolean(fields["use_pickle"], f"{where}.use_pickle")
             payload = f"{self.root}/{directory}/{path_name}"
             if path_name.startswith(("custom_obj_", "opaque_obj_")):
@@ -284,6 +288,9 @@ class _ArchiveValidator(_ZipContainer):
             dtype, needed = checker.payload_tensor_meta(
                 fields["tensor_meta"], f"{where}.tensor_meta"
             )
+            if is_param:  # payload_tensor_meta checked each size is {"as_int": n}
+                sizes = tuple(int(size["as_int"]) for size in fields["tensor_meta"]["sizes"])
+                self.parameters.append((fqn, sizes))
             previous = needs.get(path_name)
             if previous is not None and previous[0] != dtype:
                 checker.fail(

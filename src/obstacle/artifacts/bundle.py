@@ -51,6 +51,9 @@ __all__ = [
 BUNDLE_MEMBERS = (PROBE_MANIFEST, PROBE_PROGRAM, PROBE_DATA)
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1 << 20
+_MODEL_PREFIX = "model."  # the program's placeholders for the model's own tensors
+_MAX_DIMS = 64
+_MAX_BATCHES = 100_000
 _MAX_DIRECTORY_BYTES = 4096  # three central-directory records with zip64 extras
 
 # safetensors float dtype -> (unsigned view, exponent mask): all exponent bits set is NaN or Inf.
@@ -151,6 +154,7 @@ def unpack_probe_bundle(
             )
     except CheckpointError as exc:
         raise ProbeError(f"probe bundle: {exc}") from None
+    _check_manifest(manifest)
     _check_data(manifest, data_header)
     bad = nonfinite_tensors(dest / PROBE_DATA, data_header)
     if bad:
@@ -161,6 +165,7 @@ def unpack_probe_bundle(
     with (dest / PROBE_PROGRAM).open("rb") as handle:
         handle.raw.name = f"probe bundle: {PROBE_PROGRAM}"  # type: ignore[attr-defined]  # messages name the entry, not a temp path
         program = validate_program_archive(handle, max_bytes=max(limit, 1))
+    _check_program_parameters(manifest, program)
     return ProbeBundle(dest, manifest, digest, data_header, program)
 
 
@@ -261,6 +266,69 @@ def _check_member(info: zipfile.ZipInfo, limit: int) -> int:
 
 def _read_manifest(path: Path) -> ProbeManifest:
     return parse_manifest(path.read_bytes(), name=f"probe bundle: {PROBE_MANIFEST}")
+
+
+def _check_manifest(manifest: ProbeManifest) -> None:
+    """What the workers rely on beyond the schema: known dtypes, sizes, one spec per name."""
+    problems: list[str] = []
+    specs = [("parameters", s.name, s.shape, s.dtype) for s in manifest.parameters]
+    specs += [("buffers", s.name, s.shape, s.dtype) for s in manifest.buffers]
+    names = [name for _, name, _, _ in specs]
+    if len(set(names)) != len(names):
+        problems.append("a parameter or buffer name appears twice")
+    for kind, name, shape, dtype in specs:
+        if not name or len(name) > 1024:
+            problems.append(f"{kind} {name[:40]!r}: a name has 1 to 1024 characters")
+        if any(size < 0 for size in shape) or len(shape) > _MAX_DIMS:
+            problems.append(f"{kind} {name[:40]!r}: shape {shape[:8]} is not sizes >= 0")
+        if dtype not in SAFETENSORS_DTYPES:
+            problems.append(f"{kind} {name[:40]!r}: dtype {dtype[:20]!r} is not a known dtype")
+    if sorted(spec.index for spec in manifest.inputs) != list(range(len(manifest.inputs))):
+        problems.append("the inputs' indices must be 0, 1, ... once each")
+    for spec in manifest.inputs:
+        if not spec.shape or spec.shape[0] != -1 or any(size < 0 for size in spec.shape[1:]):
+            problems.append(f"input {spec.index}: shape {spec.shape[:8]} is not [-1, sizes >= 0]")
+        if spec.dtype not in SAFETENSORS_DTYPES:
+            problems.append(f"input {spec.index}: dtype {spec.dtype[:20]!r} is not a known dtype")
+    if not 1 <= manifest.num_batches <= _MAX_BATCHES:
+        problems.append(f"num_batches is {manifest.num_batches}, not in [1, {_MAX_BATCHES}]")
+    if manifest.batch_size < 1 or (manifest.validation_size or 1) < 1:
+        problems.append("batch_size and validation_size must be >= 1")
+    if problems:
+        raise ProbeError(
+            f"probe bundle: {PROBE_MANIFEST} is not what Probe.capture writes ({'; '.join(problems[:10])}; "
+            f"known dtypes: {sorted(SAFETENSORS_DTYPES)}). Capture the probe again with "
+            "obstacle.Probe.capture(...).save(run_dir)."
+        )
+
+
+def _check_program_parameters(manifest: ProbeManifest, program: ArchiveSummary) -> None:
+    """The manifest's parameters are the program's model parameters, shape for shape.
+
+    The workers feed θ, cut into the manifest's shapes, to the program's ``model.*`` parameter
+    placeholders: a mismatch would fail in the worker, after the upload was accepted.
+    """
+    in_program = {
+        fqn[len(_MODEL_PREFIX) :]: list(sizes)
+        for fqn, sizes in program.parameters
+        if fqn.startswith(_MODEL_PREFIX)
+    }
+    declared = {spec.name: spec.shape for spec in manifest.parameters}
+    if in_program != declared:
+        missing = sorted(set(declared) - set(in_program))[:5]
+        extra = sorted(set(in_program) - set(declared))[:5]
+        wrong = [
+            f"{name}: {declared[name]} vs {in_program[name]}"
+            for name in sorted(set(declared) & set(in_program))
+            if declared[name] != in_program[name]
+        ][:5]
+        raise ProbeError(
+            f"probe bundle: {PROBE_MANIFEST}'s parameters do not match the program's model "
+            f"parameters (only in the manifest: {missing or 'none'}; only in the program: "
+            f"{extra or 'none'}; shapes manifest vs program: {wrong or 'none'}). The workers bind "
+            "checkpoints to the program through the manifest; capture the probe again with "
+            "obstacle.Probe.capture(...).save(run_dir)."
+        )
 
 
 def _check_data(manifest: ProbeManifest, header: SafetensorsHeader) -> None:
