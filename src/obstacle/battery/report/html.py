@@ -30,6 +30,7 @@ from obstacle.battery.report.plots import (
     png_bytes,
     select_saddle_checkpoint,
 )
+from obstacle.battery.verdict.numbers import percent
 from obstacle.errors import InputError
 
 __all__ = ["LABELS", "PLOTS", "render_html", "render_report"]
@@ -171,10 +172,19 @@ def _label(kind: Any) -> str:
 
 
 def _percent(value: Any) -> str | None:
+    """A recorded fraction as the verdict writes percentages (``<0.1%``, ``92%``, ``100%``)."""
     number = _number(value)
     if number is None or not math.isfinite(number):
         return None
-    return f"{round(100 * min(max(number, 0.0), 1.0))}%"
+    return percent(number)
+
+
+def _width(value: Any) -> str:
+    """A confidence as a CSS width (clamped to 0–100%)."""
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        return "0%"
+    return f"{100 * min(max(number, 0.0), 1.0):.1f}%"
 
 
 def _steps_text(steps: Any) -> str:
@@ -204,7 +214,7 @@ def _obstacle(record: Any) -> dict[str, Any]:
         "kind": record.get("kind") if isinstance(record.get("kind"), str) else "",
         "label": _label(record.get("kind")),
         "confidence": _percent(record.get("confidence")),
-        "width": _percent(record.get("confidence")) or "0%",
+        "width": _width(record.get("confidence")),
         "steps": _steps_text(record.get("steps")),
         "when": _when(record),
         "evidence": [
@@ -235,6 +245,7 @@ def _verdict(report: Report) -> dict[str, Any]:
         "label": _label(primary) if primary else "No verdict recorded",
         "tone": tone,
         "confidence": _percent(confidence),
+        "width": _width(confidence),
         "summary": str(_get(verdict, "summary") or ""),
         "main": _obstacle(main) if main is not None else None,
         "others": [_obstacle(o) for o in obstacles if o is not main],

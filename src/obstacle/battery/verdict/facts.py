@@ -19,7 +19,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from obstacle.battery import sequence
+from obstacle.battery.verdict.numbers import percent, quantity, times
 from obstacle.battery.verdict.thresholds import Thresholds
+
+__all__ = [
+    "CheckpointFacts",
+    "RunFacts",
+    "Trend",
+    "Window",
+    "finite",
+    "fmt",
+    "num",
+    "percent",
+    "run_facts",
+    "times",
+    "trend",
+    "window",
+]
 
 Record = Mapping[str, Any]
 
@@ -223,9 +239,11 @@ class Trend:
     def describe(self) -> str:
         if not finite(self.decrease_rel):
             return "no trend (fewer than two finite losses)"
+        moved = "fell" if self.decrease_rel >= 0 else "rose"
         return (
-            f"a least-squares line through the probe loss from step {self.first_step} to "
-            f"{self.last_step} falls {percent(self.decrease_rel)} of its mean"
+            f"on a least-squares line fitted through the checkpoints' probe losses, the loss "
+            f"{moved} {percent(abs(self.decrease_rel))} of its mean from step {self.first_step} "
+            f"to step {self.last_step}"
         )
 
 
@@ -399,37 +417,7 @@ def window(
     )
 
 
-# -- numbers in sentences ------------------------------------------------------------------------
+# -- numbers in sentences: one module writes them (see obstacle.battery.verdict.numbers) -------------
 
-
-def fmt(x: float) -> str:
-    """A number for a sentence: 3 significant digits, scientific only when tiny or huge."""
-    if not finite(x):
-        return "non-finite" if not math.isnan(x) else "n/a"
-    if x == 0:
-        return "0"
-    if abs(x) >= 1e5 or abs(x) < 1e-3:
-        mantissa, exponent = f"{x:.2e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
-
-
-def percent(fraction: float) -> str:
-    """A fraction as a person writes a percentage: "28.5%", "0.3%", "less than 0.1%", "120%"."""
-    if not finite(fraction):
-        return "n/a"
-    p = 100 * fraction
-    if p == 0:
-        return "0%"
-    if abs(p) < 0.1:
-        return "less than 0.1%" if p > 0 else "less than −0.1%"
-    if abs(p) >= 10:
-        return f"{p:,.0f}%"
-    return f"{p:.1f}%".replace(".0%", "%")
-
-
-def times(ratio: float) -> str:
-    """A ratio as "3.2×"; "n/a" when unknown."""
-    return f"{fmt(ratio)}×" if finite(ratio) else "n/a"
+fmt = quantity
+"""A number for a sentence (:func:`obstacle.battery.verdict.numbers.quantity`)."""

@@ -329,7 +329,7 @@ class SaddlePoint(Rule):
                 "near_critical_point",
                 finite(gain) and gain < t.critical_gain_rel,
                 f"a gradient step of lr = 1/λmax would lower the loss by at least {percent(gain)} here "
-                f"(‖g‖ = {fmt(w.last.grad_norm)} at step {w.last.step}; near a critical point that is "
+                f"(‖g‖ = {fmt(cited.grad_norm)} at step {cited.step}; near a critical point that is "
                 f"under {percent(t.critical_gain_rel)})",
                 "gradient",
                 gain,
@@ -396,15 +396,7 @@ class LocalMinimum(Rule):
             )
         ):
             return
-        if not ev.check(
-            Condition(
-                "target_declared",
-                target is not None,
-                f"the run converged to a minimum at loss {fmt(last.loss)} and no target loss was "
-                "declared, so it counts as healthy",
-                "loss",
-            )
-        ):
+        if not ev.check(Condition("target_declared", target is not None, _no_target(ctx), "loss")):
             return
         assert target is not None
         gap = (last.loss - target) / max(abs(target), abs(last.loss), 1e-12)
@@ -434,6 +426,29 @@ class LocalMinimum(Rule):
                 + (" (collapsed)" if small else ""),
                 last.grad_norm,
             )
+
+
+def _no_target(ctx: Context) -> str:
+    """Why a stalled run without a target is not judged a local minimum, without calling a run
+    that ended above where it began, or bounces, converged."""
+    facts, w, t = ctx.facts, ctx.window, ctx.thresholds
+    last, first = w.last.loss, facts.first_loss
+    if finite(last) and finite(first) and first > 0 and last >= first:
+        return (
+            f"the loss stalled at {fmt(last)}, {times(last / first)} its first value {fmt(first)} "
+            "(the run did not converge to a minimum), and no target loss was declared to judge a "
+            "local minimum against"
+        )
+    if finite(w.uphill_rate) and w.uphill_rate >= t.uphill_rate:
+        return (
+            f"the loss stalled around {fmt(last)} while rising between {percent(w.uphill_rate)} of "
+            "consecutive checkpoints (bouncing, not converged), and no target loss was declared to "
+            "judge a local minimum against"
+        )
+    return (
+        f"the run converged to a minimum at loss {fmt(last)} and no target loss was declared, "
+        "so it counts as healthy"
+    )
 
 
 # -- conditioning and noise ------------------------------------------------------------------------
@@ -470,8 +485,8 @@ class PoorConditioning(Rule):
             Condition(
                 "edge_of_stability",
                 bool(at_edge),
-                f"{label} = {fmt(value)} at step {worst_c.step}, {fmt(worst)}× the optimizer's stability "
-                f"threshold {fmt(limit)} (the edge is {fmt(t.edge_of_stability)}×)",
+                f"{label} = {fmt(value)} at step {worst_c.step}, {times(worst)} the optimizer's stability "
+                f"threshold {fmt(limit)} (the edge is {times(t.edge_of_stability)})",
                 "lanczos",
                 worst,
                 t.edge_of_stability,
@@ -670,9 +685,16 @@ class NoCriticalPoint(Rule):
         if not measurable:
             statement = "too few finite parameter norms to measure growth"
         else:
+            change = (
+                f"grew {percent(growth)}"
+                if growth > 0
+                else "did not grow"
+                if growth == 0
+                else f"shrank {percent(-growth)}"
+            )
             statement = (
-                f"‖θ‖ grew {percent(growth)} over the second half of the run"
-                + (", steadily" if steady else " (not steadily)")
+                f"‖θ‖ {change} over the second half of the run"
+                + ((", steadily" if steady else " (not steadily)") if growth > 0 else "")
                 + (
                     f", while the loss keeps creeping down ({facts.progress.describe()})"
                     if descending

@@ -21,6 +21,7 @@ from obstacle.battery.verdict.facts import (
     fmt,
     percent,
     run_facts,
+    times,
     window,
 )
 from obstacle.battery.verdict.rules import EPISODIC, PRIORITY, RULES, Context
@@ -197,7 +198,13 @@ def _healthy(facts: RunFacts) -> str:
             "two or more checkpoints."
         )
     if facts.late.stalled:
-        return f"Healthy: converged to a minimum at loss {fmt(facts.last_loss)}; no obstacle found."
+        first, last = facts.first_loss, facts.last_loss
+        if finite(first) and finite(last) and first > 0 and last >= first:
+            return (
+                f"No obstacle found: the loss stalled at {fmt(last)}, {times(last / first)} its "
+                "first value, without converging to a minimum."
+            )
+        return f"Healthy: converged to a minimum at loss {fmt(last)}; no obstacle found."
     return (
         f"Healthy: the loss is still falling ({facts.progress.describe()}; now {fmt(facts.last_loss)}); "
         "no obstacle found."

@@ -25,6 +25,7 @@ from obstacle.battery.report.plots._common import (
     titles,
     to_float,
 )
+from obstacle.battery.verdict.numbers import percent
 
 
 def plot_subspace(report: Report) -> Figure | None:
@@ -86,8 +87,7 @@ def plot_subspace(report: Report) -> Figure | None:
     )
     residual = to_float(lookup(record, "residual"))
     if math.isfinite(residual):
-        share = format_number(100 * (1 - residual), digits=2)
-        hint += f" The plane holds {share}% of the path's squared displacement."
+        hint += f" The plane holds {percent(1 - residual)} of the path's squared displacement."
     titles(fig, ax, "Loss landscape on the plane of the training path", hint)
     return fig
 

@@ -1,0 +1,70 @@
+"""The verdict's sentences say what was measured, and never contradict the run's numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from obstacle.battery.verdict import judge
+from obstacle.battery.verdict.facts import CheckpointFacts, trend
+
+
+def _records(losses: list[float], **fields: Any) -> list[dict[str, Any]]:
+    return [{"step": 20 * i, "loss": loss, **fields} for i, loss in enumerate(losses)]
+
+
+# What an SGD run at lr = 30 records: the loss jumps to 4× its first value and stays there.
+BLOWN_UP_AND_STUCK = _records(
+    [2.33, 6.0, 9.0, 9.5, 9.52, 9.5, 9.53, 9.51, 9.52, 9.52, 9.52],
+    lr=30.0,
+    grad_norm=0.5,
+    param_norm=10.0,
+    lambda_min=1e-8,
+    lambda_max=0.35,
+    lr_lambda_max=10.5,
+    stability_threshold=2.0,
+)
+
+
+def test_a_run_that_ended_above_its_first_loss_is_never_said_to_have_converged() -> None:
+    verdict = judge(BLOWN_UP_AND_STUCK)
+    text = json.dumps(verdict, ensure_ascii=False)
+    assert "converged to a minimum" not in text
+    reason = next(r["reason"] for r in verdict["ruled_out"] if r["kind"] == "local_minimum")
+    assert "did not converge" in reason
+    assert "4.1× its first value" in reason
+
+
+def test_the_healthy_summary_of_a_stuck_run_above_its_start_does_not_say_converged() -> None:
+    flat_high = _records([1.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    verdict = judge(flat_high)
+    assert verdict["primary"] == "healthy"
+    assert "converged" not in verdict["summary"].replace("without converging", "")
+    assert "3× its first value" in verdict["summary"]
+
+
+def test_listed_obstacles_hold_every_condition_and_ruled_out_ones_are_not_listed() -> None:
+    verdict = judge(BLOWN_UP_AND_STUCK)
+    listed = {o["kind"] for o in verdict["obstacles"]}
+    assert listed and not listed & {r["kind"] for r in verdict["ruled_out"]}
+    for obstacle in verdict["obstacles"]:
+        assert all(c["holds"] for c in obstacle["conditions"]), obstacle["kind"]
+
+
+def test_parameter_norm_that_did_not_grow_is_not_said_to_grow() -> None:
+    verdict = judge(BLOWN_UP_AND_STUCK)
+    reason = next(r["reason"] for r in verdict["ruled_out"] if r["kind"] == "no_critical_point")
+    assert reason.startswith("‖θ‖ did not grow over the second half of the run and")
+
+
+def _facts(step: int, loss: float) -> CheckpointFacts:
+    return CheckpointFacts.from_record({"step": step, "loss": loss})
+
+
+def test_the_fitted_trend_says_what_was_fitted_and_over_which_steps() -> None:
+    falling = trend([_facts(50, 1.0), _facts(75, 0.6), _facts(100, 0.2)])
+    text = falling.describe()
+    assert "least-squares line fitted through the checkpoints' probe losses" in text
+    assert "the loss fell 133% of its mean from step 50 to step 100" in text
+    rising = trend([_facts(0, 1.0), _facts(10, 1.05), _facts(20, 1.1)])
+    assert "the loss rose 9.5% of its mean from step 0 to step 20" in rising.describe()
