@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,9 @@ from obstacle.artifacts.layout import CHECKPOINT_DIR, checkpoint_filename
 from obstacle.battery.analysis import analyze, checkpoint_steps
 from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.probe import Probe
-from obstacle.client import Client
+from obstacle.client import Client, Run
 from obstacle.client.callbacks import ObstacleCallback, ObstacleTrainerCallback
-from obstacle.errors import ParameterError
+from obstacle.errors import ParameterError, ProbeError, RunDirectoryError
 
 
 def _assert_run_dir(
@@ -74,7 +75,24 @@ def _recorded_batch(run_dir: Path, step: int) -> int | None:
     return load_checkpoint(run_dir / CHECKPOINT_DIR / checkpoint_filename(step)).batch_size
 
 
-def _fit_lightning(callback: pl.Callback, *, max_steps: int) -> None:
+class _ValidatedMLP(_MLP):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def _validation_data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _fit_lightning(
+    callback: pl.Callback,
+    *,
+    max_steps: int,
+    module: pl.LightningModule | None = None,
+    val: torch.utils.data.DataLoader[tuple[torch.Tensor, ...]] | None = None,
+) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
     # 40 samples in batches of 16: 16, 16, 8 — the short third batch must not enter the probe.
@@ -88,9 +106,12 @@ def _fit_lightning(callback: pl.Callback, *, max_steps: int) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        # No sanity check: the callback must load the validation data itself, as Lightning
+        # loads it lazily and the probe is captured before the first validation.
+        num_sanity_val_steps=0,
         callbacks=[callback],
     )
-    trainer.fit(_MLP(), loader)
+    trainer.fit(module or _MLP(), loader, val)
 
 
 # Lightning advises DataLoader workers (on machines with more than 2 cores); the data is in memory.
@@ -147,8 +168,8 @@ def test_lightning_callback_uploads_through_a_run() -> None:
 class _Pairs(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Token sequences with padding at the end; the label says whether token 7 occurs."""
 
-    def __init__(self, n: int) -> None:
-        g = torch.Generator().manual_seed(0)
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(1, 50, (n, 12), generator=g)
         lengths = torch.randint(6, 13, (n,), generator=g)
         self.mask = (torch.arange(12) < lengths[:, None]).long()
@@ -162,8 +183,8 @@ class _Pairs(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
-def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
-    torch.manual_seed(0)
+def _tiny_bert(seed: int = 0) -> transformers.BertForSequenceClassification:
+    torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=50,
         hidden_size=16,
@@ -172,12 +193,19 @@ def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
         intermediate_size=32,
         max_position_embeddings=16,
     )
-    model = transformers.BertForSequenceClassification(config)
-    run_dir = tmp_path / "run"
-    callback = ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10, probe_batches=4)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _train_hf(
+    callback: transformers.TrainerCallback,
+    out: Path,
+    *,
+    max_steps: int,
+    eval_dataset: torch.utils.data.Dataset[dict[str, torch.Tensor]] | None = None,
+) -> None:
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=40,
+        output_dir=str(out),
+        max_steps=max_steps,
         per_device_train_batch_size=8,
         learning_rate=1e-3,
         lr_scheduler_type="constant",
@@ -189,9 +217,19 @@ def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
     )
     # 20 samples in batches of 8: 8, 8, 4 — the short third batch must not enter the probe.
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=_Pairs(20), callbacks=[callback]
+        model=_tiny_bert(),
+        args=args,
+        train_dataset=_Pairs(20),
+        eval_dataset=eval_dataset,
+        callbacks=[callback],
     )
     trainer.train()
+
+
+def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    callback = ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10, probe_batches=4)
+    _train_hf(callback, tmp_path / "out", max_steps=40)
 
     _assert_run_dir(run_dir, steps=[10, 20, 30, 40], batches=4, lr=1e-3, optimizer="AdamW")
     manifest = Probe.load(run_dir).manifest
@@ -203,6 +241,183 @@ def test_trainer_callback_writes_an_analysable_run_dir(tmp_path: Path) -> None:
     # them; they stay fixed inside the program (and the run above analysed).
     assert "model.bert.embeddings.position_ids" not in {b.name for b in manifest.buffers}
     assert manifest.model_class.endswith("BertForSequenceClassification)")
+
+
+# --- the run directory --------------------------------------------------------------------
+
+
+def _files(run_dir: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _log_steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+class _WideMLP(_MLP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 3))
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_creates_a_missing_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "mlp" / "first"
+    callback = ObstacleCallback(run_dir=run_dir, every_n_steps=10, loss_fn=F.cross_entropy)
+    _fit_lightning(callback, max_steps=20)
+
+    assert checkpoint_steps(run_dir) == [10, 20]
+    assert _log_steps(run_dir) == list(range(1, 21))
+
+
+def test_trainer_callback_creates_a_missing_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "bert" / "first"
+    _train_hf(ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10), tmp_path, max_steps=20)
+
+    assert checkpoint_steps(run_dir) == [10, 20]
+    assert _log_steps(run_dir) == [5, 10, 15, 20]
+
+
+_USED = r"already holds a run \(probe/, 2 checkpoints, train_log\.jsonl\).*resume=True"
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_refuses_a_used_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    late = ObstacleCallback(run_dir=run_dir, loss_fn=F.cross_entropy)  # made while still empty
+    _fit_lightning(
+        ObstacleCallback(run_dir=run_dir, every_n_steps=10, loss_fn=F.cross_entropy), max_steps=20
+    )
+    before = _files(run_dir)
+
+    with pytest.raises(RunDirectoryError, match=re.escape(str(run_dir)) + " " + _USED):
+        ObstacleCallback(run_dir=run_dir, loss_fn=F.cross_entropy)
+    with pytest.raises(RunDirectoryError, match=_USED):
+        _fit_lightning(late, max_steps=20)
+    assert _files(run_dir) == before  # refused before training wrote anything
+
+
+def test_trainer_callback_refuses_a_used_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    late = ObstacleTrainerCallback(run_dir=run_dir)
+    _train_hf(ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10), tmp_path, max_steps=20)
+    before = _files(run_dir)
+
+    with pytest.raises(RunDirectoryError, match=re.escape(str(run_dir)) + " " + _USED):
+        ObstacleTrainerCallback(run_dir=run_dir)
+    with pytest.raises(RunDirectoryError, match=_USED):
+        _train_hf(late, tmp_path, max_steps=20)
+    assert _files(run_dir) == before
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_resumes_a_run_after_its_last_step(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _fit_lightning(
+        ObstacleCallback(run_dir=run_dir, every_n_steps=10, loss_fn=F.cross_entropy), max_steps=20
+    )
+    probe_hash = Probe.load(run_dir).manifest.content_hash
+
+    # A new Trainer counts from 0 again; the run goes on after its step 20.
+    resumed = ObstacleCallback(
+        run_dir=run_dir, every_n_steps=10, loss_fn=F.cross_entropy, resume=True
+    )
+    _fit_lightning(resumed, max_steps=20)
+
+    assert checkpoint_steps(run_dir) == [10, 20, 30, 40]
+    assert _log_steps(run_dir) == list(range(1, 41))
+    probe = Probe.load(run_dir)
+    assert probe.manifest.content_hash == probe_hash  # the run's probe is kept
+    for step in (30, 40):
+        assert load_checkpoint(
+            run_dir / CHECKPOINT_DIR / checkpoint_filename(step), probe.manifest
+        ).train_loss
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_resume_refuses_another_model(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _fit_lightning(
+        ObstacleCallback(run_dir=run_dir, every_n_steps=10, loss_fn=F.cross_entropy), max_steps=20
+    )
+    before = _files(run_dir)
+
+    resumed = ObstacleCallback(run_dir=run_dir, loss_fn=F.cross_entropy, resume=True)
+    with pytest.raises(
+        RunDirectoryError,
+        match=r"resume=True continues a run only with the model, loss and batch layout its probe "
+        r"was captured from; this training differs: model .*_WideMLP\).*mis-shaped or mis-typed: "
+        r"\['model\.net\.0\.bias', 'model\.net\.0\.weight', 'model\.net\.2\.weight'\]\. "
+        r"Pass a new run_dir",
+    ):
+        _fit_lightning(resumed, max_steps=20, module=_WideMLP())
+    assert _files(run_dir) == before
+
+
+def test_trainer_callback_resumes_a_run_after_its_last_step(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _train_hf(ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10), tmp_path, max_steps=20)
+    probe_hash = Probe.load(run_dir).manifest.content_hash
+
+    resumed = ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10, resume=True)
+    _train_hf(resumed, tmp_path, max_steps=20)
+
+    assert checkpoint_steps(run_dir) == [10, 20, 30, 40]
+    assert _log_steps(run_dir) == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert Probe.load(run_dir).manifest.content_hash == probe_hash
+
+
+# --- validation data ----------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_takes_validation_from_the_trainer_or_the_argument(
+    tmp_path: Path,
+) -> None:
+    vx, vy = _validation_data(300)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(vx, vy), batch_size=64)
+
+    def fit(name: str, **kwargs: object) -> Probe:
+        callback = ObstacleCallback(
+            run_dir=tmp_path / name, every_n_steps=10, loss_fn=F.cross_entropy, **kwargs
+        )
+        _fit_lightning(callback, max_steps=10, module=_ValidatedMLP(), val=val)
+        return Probe.load(tmp_path / name)
+
+    # The trainer's validation dataloader, its first 256 examples.
+    auto = fit("auto")
+    assert auto.validation is not None and auto.manifest.validation_size == 256
+    assert torch.equal(auto.validation[0], vx[:256]) and torch.equal(auto.validation[1], vy[:256])
+    given = fit("given", validation=(vx[:50], vy[:50]))
+    assert given.validation is not None and torch.equal(given.validation[0], vx[:50])
+    assert fit("none", validation=None).validation is None
+
+    with pytest.raises(
+        ProbeError,
+        match=r"ObstacleCallback: validation= cannot give the probe a validation batch: the "
+        r"validation data holds 0 example\(s\) shaped like the probe batches",
+    ):
+        fit("wrong", validation=(torch.randn(8, 5), torch.randint(0, 3, (8,))))
+
+
+def test_trainer_callback_takes_validation_from_the_eval_dataset_or_the_argument(
+    tmp_path: Path,
+) -> None:
+    def train(name: str, **kwargs: object) -> Probe:
+        callback = ObstacleTrainerCallback(run_dir=tmp_path / name, every_n_steps=10, **kwargs)
+        _train_hf(callback, tmp_path, max_steps=10, eval_dataset=_Pairs(24, seed=1))
+        return Probe.load(tmp_path / name)
+
+    held_out = _Pairs(24, seed=1)
+    auto = train("auto")
+    assert auto.validation is not None and auto.manifest.validation_size == 24
+    # attention_mask, input_ids, labels, then labels again as the target.
+    assert torch.equal(auto.validation[1], held_out.ids)
+    assert torch.equal(auto.validation[3], held_out.labels)
+    given = train("given", validation=_Pairs(10, seed=2))
+    assert given.validation is not None and torch.equal(given.validation[1], _Pairs(10, 2).ids)
+    assert train("none", validation=None).validation is None
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -247,3 +462,14 @@ def test_module_imports_without_the_libraries_and_names_the_install() -> None:
     assert "ObstacleCallback needs Lightning" in out
     assert "ObstacleTrainerCallback needs Hugging Face transformers" in out
     assert out.count("pip install 'obstacle-detector[client]'") == 2
+
+
+@pytest.mark.parametrize("cls", [ObstacleCallback, ObstacleTrainerCallback])
+def test_validation_resume_and_run_dir_are_validated(cls: type, tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match=r"The 'validation' parameter must be 'auto'.*'val'"):
+        cls(run_dir=tmp_path, validation="val")
+    with pytest.raises(ParameterError, match=r"'resume' parameter applies to run_dir= only"):
+        cls(run=object.__new__(Run), resume=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match=r"file is a file; run_dir must be a directory"):
+        cls(run_dir=tmp_path / "file")

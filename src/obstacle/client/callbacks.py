@@ -207,7 +207,7 @@ class _Recorder:
             problems.append(f"loss {loss_class} (the run's is {manifest.loss_class})")
         expected = {s.name: (list(s.shape), s.dtype) for s in manifest.state_specs}
         state = {
-            name.removeprefix("model."): (list(t.shape), str(t.dtype).removeprefix("torch."))
+            name: (list(t.shape), str(t.dtype).removeprefix("torch."))
             for name, t in model.state_dict().items()
         }
         missing = sorted(set(expected) - set(state))
@@ -419,8 +419,9 @@ def _validation_batch(
             shapes = [tuple(t.shape) for t in like]
             problem = (
                 f"the validation data holds {count} example(s) shaped like the probe batches "
-                f"{shapes} beyond the batch dimension; the probe needs at least 2. Pad the "
-                "validation data to the training batches' length (padding='max_length', say)"
+                f"{shapes} beyond the batch dimension; the probe needs at least 2 (its program "
+                "fixes every dimension but the batch, so batches of another shape are skipped; "
+                "pad tokenized text to one length, padding='max_length')"
             )
     if problem:
         where = "the trainer's validation data" if auto else "validation="
