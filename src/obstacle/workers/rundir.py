@@ -1,14 +1,20 @@
 """Materialise a run directory on the worker from the artifact store, as the battery expects it.
 
-    CACHE/<pid>/probes/<content_hash>/{manifest.json, program.pt2, data.safetensors}
+    CACHE/<pid>/probes/<probe_key>/{manifest.json, program.pt2, data.safetensors}
     CACHE/<pid>/blobs/<sha256>.safetensors              checkpoint files, by content
-    CACHE/<pid>/runs/<content_hash>/probe -> ../../probes/<content_hash>
-    CACHE/<pid>/runs/<content_hash>/checkpoints/step_*.safetensors -> ../../../blobs/<sha256>...
-    CACHE/<pid>/runs/<content_hash>/train_log.jsonl       the run's uploaded log, when it has one
+    CACHE/<pid>/runs/<probe_key>/probe -> ../../probes/<probe_key>
+    CACHE/<pid>/runs/<probe_key>/checkpoints/step_*.safetensors -> ../../../blobs/<sha256>...
+    CACHE/<pid>/runs/<probe_key>/train_log.jsonl       the run's uploaded log, when it has one
+
+``probe_key`` is a SHA-256 over everything that defines the probe: the manifest's bytes and the
+content hash of program and data. The content hash alone covers only the program and the data,
+and two projects can upload the same program and data with different manifests (another batch
+size, say), which must not get each other's probe. The manifest is small, so it is fetched for
+every task and hashed; the program and data are fetched once per key.
 
 A probe keeps one run directory per worker process, so the battery's per-process probe cache
-(keyed by run directory and content hash) loads each probe program once, whichever run it
-came with. Before each task the directory holds exactly the checkpoints that task needs (the
+(keyed by run directory and content hash) loads each probe once, whichever run it came with.
+Before each task the directory holds exactly the checkpoints that task needs (the
 first one gives θ₀) and the log the task is given, nothing else; a process runs one task at a
 time. Downloaded
 probe files are checked against the content hash the service computed when it validated the
@@ -26,10 +32,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from obstacle.artifacts.bundle import BUNDLE_MEMBERS, probe_content_hash
+from obstacle.artifacts.bundle import probe_content_hash
 from obstacle.artifacts.layout import (
     CHECKPOINT_DIR,
+    PROBE_DATA,
     PROBE_DIR,
+    PROBE_MANIFEST,
+    PROBE_PROGRAM,
     TRAIN_LOG,
     checkpoint_filename,
     optimizer_filename,
@@ -37,7 +46,7 @@ from obstacle.artifacts.layout import (
 from obstacle.errors import ProbeError
 from obstacle.platform.store import ArtifactStore
 
-__all__ = ["CheckpointFiles", "ProbeFiles", "RunDirectories", "TrainLogFile"]
+__all__ = ["CheckpointFiles", "ProbeFiles", "RunDirectories", "TrainLogFile", "probe_key"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,9 @@ class RunDirectories:
     ) -> Path:
         """The run directory holding the probe, exactly ``checkpoints``, and ``train_log`` if given."""
         wanted = list(checkpoints)
-        run_dir = self.root / "runs" / probe.content_hash
-        probe_link = run_dir / PROBE_DIR
         probe_dir = self._probe(probe)
+        run_dir = self.root / "runs" / probe_dir.name
+        probe_link = run_dir / PROBE_DIR
         run_dir.mkdir(parents=True, exist_ok=True)
         if not probe_link.is_symlink() or probe_link.resolve() != probe_dir.resolve():
             _replace_link(probe_link, probe_dir)
@@ -108,14 +117,21 @@ class RunDirectories:
         return run_dir
 
     def _probe(self, probe: ProbeFiles) -> Path:
-        target = self.root / "probes" / probe.content_hash
+        """The probe's directory, named by its key (manifest and content hash)."""
+        probes = self.root / "probes"
+        probes.mkdir(parents=True, exist_ok=True)
+        manifest = probes / f".{PROBE_MANIFEST}.fetching"
+        self.store.get_file(f"{probe.store_prefix}/{PROBE_MANIFEST}", manifest, link=True)
+        target = probes / probe_key(_sha256(manifest), probe.content_hash)
         if target.is_dir():
+            manifest.unlink()
             return target
         staging = target.with_name(f".{target.name}.partial")
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        for name in BUNDLE_MEMBERS:
+        manifest.replace(staging / PROBE_MANIFEST)
+        for name in (PROBE_PROGRAM, PROBE_DATA):
             self.store.get_file(f"{probe.store_prefix}/{name}", staging / name, link=True)
         digest = probe_content_hash(staging)
         if digest != probe.content_hash:
@@ -144,6 +160,11 @@ class RunDirectories:
         for path in blobs.iterdir() if blobs.exists() else ():
             if path not in keep:
                 path.unlink(missing_ok=True)
+
+
+def probe_key(manifest_sha256: str, content_hash: str) -> str:
+    """The cache key of a probe: its manifest's SHA-256 and the content hash of program and data."""
+    return hashlib.sha256(f"{manifest_sha256}:{content_hash}".encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:
