@@ -224,16 +224,74 @@ def test_a_missing_file_is_an_unsafe_archive_error(tmp_path: Path) -> None:
 
 
 def test_a_valid_archive_torch_cannot_load_becomes_a_probe_error(tamper: Tamper) -> None:
+    # A required operator argument left out: the schema walk has no operator schemas, torch has.
     program = tamper.json(tamper.model_json)
-    first = program["graph_module"]["graph"]["nodes"][0]
-    first["inputs"][0]["arg"] = {"as_tensor": {"name": "no_such_value"}}
-    path = tamper.write("dangling.pt2", replace={tamper.model_json: program})
+    program["graph_module"]["graph"]["nodes"][0]["inputs"].pop()
+    path = tamper.write("short.pt2", replace={tamper.model_json: program})
     validate_program_archive(path)
     with pytest.raises(
         ProbeError, match=r"torch\.export\.load rejected the validated program"
     ) as caught:
         load_program_safely(path)
     assert not isinstance(caught.value, UnsafeArchiveError)
+
+
+def test_a_tensor_used_before_its_definition_is_refused(tamper: Tamper) -> None:
+    # Passed the validator on main, then failed in the worker's torch.export.load.
+    program = tamper.json(tamper.model_json)
+    first = program["graph_module"]["graph"]["nodes"][0]
+    first["inputs"][0]["arg"] = {"as_tensor": {"name": "no_such_value"}}
+    path = tamper.write("dangling.pt2", replace={tamper.model_json: program})
+    _reject(path, tamper.model_json, "nodes[0].inputs", "'no_such_value'", "no graph input")
+
+
+def test_a_node_output_missing_from_tensor_values_is_refused(tamper: Tamper) -> None:
+    program = tamper.json(tamper.model_json)
+    graph = program["graph_module"]["graph"]
+    output = graph["nodes"][0]["outputs"][0]["as_tensor"]["name"]
+    del graph["tensor_values"][output]
+    path = tamper.write("undescribed.pt2", replace={tamper.model_json: program})
+    _reject(path, tamper.model_json, f"defines the tensor '{output}', which tensor_values lacks")
+
+
+def test_a_stride_0_view_over_a_huge_size_is_refused(tamper: Tamper) -> None:
+    # 4 stored bytes viewed as 2**40 float32 elements: accepted on main, and the worker's first
+    # use of the weight would materialise 4 TiB.
+    config = tamper.json(tamper.weights_config)
+    fqn = next(iter(config["config"]))
+    meta = config["config"][fqn]["tensor_meta"]
+    meta["sizes"] = [{"as_int": 2**40}]
+    meta["strides"] = [{"as_int": 0}]
+    meta["storage_offset"] = {"as_int": 0}
+    name = f"{tamper.root}/data/weights/{config['config'][fqn]['path_name']}"
+    path = tamper.write("stride0.pt2", replace={tamper.weights_config: config, name: b"\0" * 4})
+    _reject(path, tamper.weights_config, "strides", "overlap")
+
+
+def test_an_overlapping_view_is_refused(tamper: Tamper) -> None:
+    config = tamper.json(tamper.weights_config)
+    fqn = next(iter(config["config"]))
+    meta = config["config"][fqn]["tensor_meta"]
+    sizes = [item["as_int"] for item in meta["sizes"]]
+    assert len(sizes) == 2, sizes  # linear.weight, 3 x 4
+    meta["strides"] = [{"as_int": 1}, {"as_int": 1}]  # rows overlap: elements 1..3 shared
+    name = f"{tamper.root}/data/weights/{config['config'][fqn]['path_name']}"
+    span = (sizes[0] - 1) + (sizes[1] - 1) + 1
+    path = tamper.write(
+        "overlap.pt2", replace={tamper.weights_config: config, name: b"\0" * 4 * span}
+    )
+    _reject(path, tamper.weights_config, "overlap")
+
+
+def test_a_transposed_weight_is_accepted(tamper: Tamper) -> None:
+    # A permuted (column-major) layout is a dense, non-overlapping view: torch saves those.
+    config = tamper.json(tamper.weights_config)
+    fqn = next(iter(config["config"]))
+    meta = config["config"][fqn]["tensor_meta"]
+    rows = meta["sizes"][0]["as_int"]
+    meta["strides"] = [{"as_int": 1}, {"as_int": rows}]
+    path = tamper.write("transposed.pt2", replace={tamper.weights_config: config})
+    validate_program_archive(path)
 
 
 # -- attacks that execute code under raw torch.export.load -------------------------------------

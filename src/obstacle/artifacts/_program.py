@@ -87,6 +87,7 @@ class _ProgramChecker(_JsonChecker):
         super().__init__(archive, entry)
         self.operators: set[str] = set()
         self.node_count = 0
+        self._tensor_refs: list[str] = []  # tensor names seen since the last _take_refs
 
     def check(self, raw: bytes, *, payload_names: set[str]) -> None:
         program = self.record(
@@ -216,14 +217,44 @@ class _ProgramChecker(_JsonChecker):
                 here = f"{where}.{key}[{name[:80]!r}]"
                 self.identifier(name, here)
                 self._sym(sym, here, unions)
+        described = set(fields["tensor_values"])
+        self._take_refs()
         for i, item in enumerate(self.sequence(fields["inputs"], f"{where}.inputs")):
             self._argument(item, f"{where}.inputs[{i}]", _GRAPH_INPUT_KINDS)
+        defined = self._define(f"{where}.inputs", set(), described)
+        for i, node in enumerate(self.sequence(fields["nodes"], f"{where}.nodes")):
+            here = f"{where}.nodes[{i}]"
+            self._node(node, here, defined, described)
         for i, item in enumerate(self.sequence(fields["outputs"], f"{where}.outputs")):
             self._argument(item, f"{where}.outputs[{i}]", _ARGUMENT_KINDS)
-        for i, node in enumerate(self.sequence(fields["nodes"], f"{where}.nodes")):
-            self._node(node, f"{where}.nodes[{i}]")
+        self._use(f"{where}.outputs", defined)
 
-    def _node(self, value: Any, where: str) -> None:
+    # Data flow: torch's deserializer looks every tensor name up in tensor_values and the FX
+    # graph it builds fails on a value used before (or without) its definition. Such a program
+    # passes the schema but would be refused by the worker's torch.export.load.
+
+    def _take_refs(self) -> list[str]:
+        refs, self._tensor_refs = self._tensor_refs, []
+        return refs
+
+    def _define(self, where: str, defined: set[str], described: set[str]) -> set[str]:
+        for name in self._take_refs():
+            if name not in described:
+                self.fail(where, f"defines the tensor {name[:80]!r}, which tensor_values lacks")
+            if name in defined:
+                self.fail(where, f"defines the tensor {name[:80]!r} a second time")
+            defined.add(name)
+        return defined
+
+    def _use(self, where: str, defined: set[str]) -> None:
+        for name in self._take_refs():
+            if name not in defined:
+                self.fail(
+                    where,
+                    f"uses the tensor {name[:80]!r}, which no graph input or earlier node defines",
+                )
+
+    def _node(self, value: Any, where: str, defined: set[str], described: set[str]) -> None:
         fields = self.record(
             value,
             where,
@@ -249,8 +280,10 @@ class _ProgramChecker(_JsonChecker):
             if named.get("kind") is not None:
                 self.choice(named["kind"], f"{here}.kind", {1, 2}, "argument kind")
             self._argument(named["arg"], f"{here}.arg", _ARGUMENT_KINDS)
+        self._use(f"{where}.inputs", defined)
         for i, item in enumerate(self.sequence(fields["outputs"], f"{where}.outputs")):
             self._argument(item, f"{where}.outputs[{i}]", _ARGUMENT_KINDS)
+        self._define(f"{where}.outputs", defined, described)
         self._metadata(self.mapping(fields["metadata"], f"{where}.metadata"), f"{where}.metadata")
 
     def _metadata(self, metadata: dict[str, Any], where: str) -> None:
@@ -347,7 +380,8 @@ class _ProgramChecker(_JsonChecker):
             check(self, inner, here)
 
     def _tensor_argument(self, value: Any, where: str) -> None:
-        self.identifier(self.record(value, where, {"name"})["name"], f"{where}.name")
+        name = self.identifier(self.record(value, where, {"name"})["name"], f"{where}.name")
+        self._tensor_refs.append(name)
 
     def _sym_argument(self, value: Any, where: str, literal: str) -> None:
         kind, inner = self.union(value, where, frozenset({"as_name", literal}))
