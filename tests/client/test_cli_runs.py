@@ -62,7 +62,9 @@ def test_submit_then_list_and_follow_to_the_verdict(service: Service, divergent_
 def test_submit_json_and_a_resubmission_uploads_nothing(
     service: Service, divergent_run: Path
 ) -> None:
-    code, out = obstacle(service, "submit", str(divergent_run), "--json", "--no-progress")
+    code, out = obstacle(
+        service, "submit", str(divergent_run), "--name", "cli-json", "--json", "--no-progress"
+    )
     assert code == 0, out
     first = json.loads(out)
     assert set(first) >= {"run_id", "analysis_id", "report_url"} and first["uploaded"]

@@ -100,7 +100,7 @@ def test_public_names_are_complete() -> None:
         name
         for name, value in vars(obstacle.client).items()
         if not name.startswith("_")
-        and getattr(value, "__module__", "").startswith("obstacle.client._")
+        and getattr(value, "__module__", "").startswith(("obstacle.client._", "obstacle.schemas"))
     }
     assert public == set(obstacle.client.__all__)
 

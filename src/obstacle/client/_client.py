@@ -325,8 +325,8 @@ class Client:
         """The result of a finished analysis; ComputeError if it failed."""
         if status.state == "failed" or status.report is None:
             errors = "; ".join(
-                f"step {step}: {message}" if step is not None else message
-                for step, message in status.errors
+                f"step {e.step}: {e.message}" if e.step is not None else e.message
+                for e in status.errors
             )
             raise ComputeError(
                 f"analysis {status.id} of run {status.run_id} {status.state} without a report"

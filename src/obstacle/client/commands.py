@@ -339,8 +339,9 @@ def status_command(
         f"{status.progress.done}/{status.progress.total} checkpoints "
         f"({status.progress.failed} failed)"
     )
-    for step, message in status.errors:
-        typer.echo(f"  step {step}: {message}" if step is not None else f"  {message}")
+    for error in status.errors:
+        step = error.step
+        typer.echo(f"  step {step}: {error.message}" if step is not None else f"  {error.message}")
 
 
 def _wait_and_print(
@@ -367,7 +368,7 @@ def _status_json(status: AnalysisStatus) -> dict[str, Any]:
         "done": status.progress.done,
         "total": status.progress.total,
         "failed": status.progress.failed,
-        "errors": [{"step": s, "message": m} for s, m in status.errors],
+        "errors": [e.model_dump() for e in status.errors],
         "primary": (status.report or {}).get("verdict", {}).get("primary"),
         "created_at": _iso(status.created_at),
     }

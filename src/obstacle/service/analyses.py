@@ -145,8 +145,8 @@ def public_analysis(
         failed=sum(r.state == "error" for r in results),
     )
     return AnalysisPublic(
-        id=analysis.id,
-        run_id=analysis.run_id,
+        id=str(analysis.id),
+        run_id=str(analysis.run_id),
         state=analysis.state,  # type: ignore[arg-type]
         preset=analysis.preset,  # type: ignore[arg-type]
         target_loss=analysis.target_loss,

@@ -52,7 +52,7 @@ def public_run(session: Session, run: Run) -> RunPublic:
         select(func.count()).select_from(Checkpoint).where(Checkpoint.run_id == run.id)
     )
     return RunPublic(
-        id=run.id,
+        id=str(run.id),
         name=run.name,
         meta=run.meta,
         created_at=run.created_at,
