@@ -241,13 +241,13 @@ def test_render_report_writes_the_page_and_one_png_per_drawn_plot(
 ) -> None:
     page = render_report(saddle, tmp_path / "out")
     assert page == tmp_path / "out" / "report.html"
-    pngs = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    pngs = sorted(p.name for p in (tmp_path / "out" / "plots").glob("*.png"))
     assert pngs == sorted(
         f"{n}.png"
         for n in ("interpolation", "subspace", "negative_curvature", "time_series", "spectrum")
     )
     html = page.read_text(encoding="utf-8")
-    for png in (tmp_path / "out" / "plots").iterdir():
+    for png in (tmp_path / "out" / "plots").glob("*.png"):
         data = png.read_bytes()
         assert data.startswith(PNG_SIGNATURE)
         assert base64.b64encode(data).decode() in html  # the same image, inlined
@@ -255,9 +255,31 @@ def test_render_report_writes_the_page_and_one_png_per_drawn_plot(
     # a later render of a run with fewer plots leaves no stale PNG behind
     render_report(single_checkpoint, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == [
+        "captions.txt",
         "negative_curvature.png",
         "time_series.png",
     ]
+    # the text report's captions: one line per plot, with what a healthy run shows
+    captions = (tmp_path / "out" / "plots" / "captions.txt").read_text(encoding="utf-8")
+    lines = captions.splitlines()
+    assert sorted(line.split(" ")[0] for line in lines) == [
+        "interpolation",
+        "negative_curvature.png",
+        "spectrum",
+        "subspace",
+        "time_series.png",
+    ]
+    assert all("Healthy:" in line for line in lines if ".png" in line)
+    assert "interpolation — not drawn: needs at least two checkpoints." in lines
+
+
+def test_every_plot_caption_says_what_a_healthy_run_looks_like(saddle: Report) -> None:
+    html = render_html(saddle)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html, flags=re.S)
+    assert len(captions) == 5
+    for caption in captions:
+        healthy = re.search(r'<span class="healthy">(.*?)</span>', caption, flags=re.S)
+        assert healthy is not None and healthy.group(1).startswith("Healthy: ")
 
 
 # ----------------------------------------------------------------------------- numbers, imports

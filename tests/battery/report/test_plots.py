@@ -337,7 +337,27 @@ def test_time_series_draws_a_varying_stability_threshold(saddle: Report) -> None
         c["stability_threshold"] = 3.8  # e.g. heavy-ball momentum
     fig = plot_time_series(saddle)
     assert fig is not None
-    assert "stability threshold" in labels(fig.axes[2])
+    assert any("stability threshold" in label for label in labels(fig.axes[2]))
+
+
+def test_time_series_of_an_adam_run_draws_adams_threshold_not_sgds(saddle: Report) -> None:
+    for c in saddle["checkpoints"]:
+        c.update(
+            optimizer="adam",
+            stability_threshold=None,
+            preconditioned_lr_lambda_max=30.0,
+            preconditioned_threshold=38.0,
+        )
+    fig = plot_time_series(saddle)
+    assert fig is not None
+    panel = fig.axes[2]
+    thresholds = {
+        str(ln.get_label()): ydata(ln)[0]
+        for ln in panel.get_lines()
+        if "threshold" in str(ln.get_label())
+    }
+    assert thresholds == {"adam's stability threshold 38: above it a step goes uphill": 38.0}
+    assert any("P^{-1}H" in label for label in labels(panel))
 
 
 def test_time_series_of_a_diverging_run_has_gaps_and_shading(divergence: Report) -> None:

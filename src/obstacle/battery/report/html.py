@@ -64,6 +64,8 @@ class PlotSpec:
     draw: Callable[[Report], Figure | None]
     caption: str
     missing: str
+    healthy: str
+    """One line: what this plot looks like for a run that trains well."""
 
 
 PLOTS: tuple[PlotSpec, ...] = (
@@ -74,6 +76,7 @@ PLOTS: tuple[PlotSpec, ...] = (
         "A bump inside the shaded segment is a barrier between the checkpoints; a curve that "
         "only falls means the straight line meets none (Goodfellow, Vinyals & Saxe 2015).",
         "needs at least two checkpoints.",
+        "Healthy: the loss falls all along the line, with no bump above the chord.",
     ),
     PlotSpec(
         "subspace",
@@ -82,6 +85,7 @@ PLOTS: tuple[PlotSpec, ...] = (
         "Follow the path across the contours: where it bends, stalls or skirts a ridge is where "
         "the landscape held the run back.",
         "needs at least two checkpoints and a preset that maps the plane.",
+        "Healthy: the path crosses the contours steadily downhill into a basin.",
     ),
     PlotSpec(
         "negative_curvature",
@@ -90,14 +94,18 @@ PLOTS: tuple[PlotSpec, ...] = (
         "A curve bending down on both sides (green diamonds below the dotted line) is a saddle "
         "that a step along ±v escapes; a curve bending up is a minimum in that direction.",
         "no checkpoint recorded a Lanczos slice (it needs the standard or full preset).",
+        "Healthy: near the end of training the curve bends up on both sides (a minimum).",
     ),
     PlotSpec(
         "time_series",
         "Training signals per checkpoint",
         plot_time_series,
-        "lr·curvature above 2 means plain gradient steps go uphill (conditioning); λmin < 0 "
-        "with a small gradient is a saddle; low SNR with uphill minibatch steps is noise.",
+        "lr·curvature above the optimizer's stability threshold (dotted) means its steps go "
+        "uphill (conditioning); λmin < 0 with a small gradient is a saddle; low SNR with uphill "
+        "minibatch steps is noise.",
         "no checkpoint was recorded.",
+        "Healthy: the loss keeps falling, lr·λmax stays below the threshold, λmin is near 0 or "
+        "positive, and few minibatch steps go uphill.",
     ),
     PlotSpec(
         "spectrum",
@@ -105,6 +113,7 @@ PLOTS: tuple[PlotSpec, ...] = (
         plot_spectrum,
         "Mass left of 0 is negative curvature; a right tail far from the bulk is ill conditioning.",
         "the spectrum is computed only by the full preset.",
+        "Healthy: nearly all mass at or right of 0, with no isolated outlier far to the right.",
     ),
 )
 
@@ -403,6 +412,7 @@ def _html(report: Report, images: Sequence[tuple[PlotSpec, bytes | None, Figure 
         entry: dict[str, Any] = {
             "name": spec.name,
             "title": spec.title,
+            "healthy": spec.healthy,
             "missing": _missing(spec, report),
         }
         if data is None or fig is None:
@@ -447,7 +457,8 @@ def render_html(report: Report) -> str:
 def render_report(report: Report, out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/plots/<name>.png`` for each plot with data.
 
-    Returns the path of the HTML file. Plots without data get no PNG; the page says why.
+    Returns the path of the HTML file. Plots without data get no PNG; the page says why. The
+    plots' captions (what to look for, what a healthy run shows) go to ``plots/captions.txt``.
     """
     _check(report)
     out = Path(out_dir)
@@ -462,6 +473,13 @@ def render_report(report: Report, out_dir: str | Path) -> Path:
         else:
             target.unlink(missing_ok=True)  # a stale plot from an earlier render would mislead
         images.append((spec, data, fig))
+    captions = [
+        f"{spec.name}.png — {spec.title}: {_caption(spec, report)} {spec.healthy}"
+        if data is not None
+        else f"{spec.name} — not drawn: {_missing(spec, report)}"
+        for spec, data, _fig in images
+    ]
+    (plots_dir / "captions.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
     page = out / "report.html"
     page.write_text(_html(report, images), encoding="utf-8")
     return page

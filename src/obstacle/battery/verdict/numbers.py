@@ -2,7 +2,7 @@
 
 Every sentence of the verdict and every caption or label of the HTML report writes its numbers
 through these three functions, so a value reads the same everywhere and as a person would write
-it: ``100%``, ``<0.1%``, ``28%``, ``1.2×``, ``1.004×`` (never ``1×`` for a ratio that is not 1),
+it: ``100%``, ``0.02%``, ``28%``, ``1.2×``, ``1.004×`` (never ``1×`` for a ratio that is not 1),
 ``3.2e-7``; ``n/a`` for an unknown (NaN) value and ``∞`` for an infinite one.
 """
 
@@ -45,10 +45,11 @@ def quantity(x: float) -> str:
 
 
 def percent(fraction: float) -> str:
-    """A fraction as a percentage: ``0%``, ``<0.1%``, ``0.3%``, ``9.5%``, ``28%``, ``>99.9%``,
+    """A fraction as a percentage: ``0%``, ``<0.001%``, ``0.02%``, ``0.3%``, ``9.5%``, ``28%``,
+    ``>99.9%``,
     ``100%``, ``1,200%``; ``n/a`` when unknown, ``∞%`` when infinite.
 
-    Below 10% one decimal (trimmed), from 10% whole numbers; a value that is not exactly 0 or
+    Below 0.1% one significant digit, below 10% one decimal (trimmed), from 10% whole numbers; a value that is not exactly 0 or
     100% never reads as one.
     """
     if math.isnan(fraction):
@@ -60,8 +61,10 @@ def percent(fraction: float) -> str:
         return "0%"
     sign = MINUS if p < 0 else ""
     m = abs(p)
+    if m < 0.001:
+        return f"<{sign}0.001%" if not sign else f">{sign}0.001%"
     if m < 0.1:
-        return f"<{sign}0.1%" if not sign else f">{sign}0.1%"
+        return f"{sign}{float(f'{m:.1g}'):g}%"
     if m < 10:
         return f"{sign}{_trim(f'{m:.1f}')}%"
     if 99.5 <= m < 100:

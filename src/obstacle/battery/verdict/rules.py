@@ -385,12 +385,14 @@ class LocalMinimum(Rule):
             Condition(
                 "no_escape",
                 not saddle,
-                f"λmin = {fmt(last.lambda_min)} against λmax = {fmt(last.lambda_max)} at step {last.step}: "
-                + (
-                    "clearly negative and escapable, a saddle, not a minimum"
-                    if saddle
-                    else "no escapable negative curvature"
-                ),
+                (
+                    f"the last checkpoint has clearly negative, escapable curvature (λmin = "
+                    f"{fmt(last.lambda_min)} against λmax = {fmt(last.lambda_max)}): a saddle, "
+                    "not a minimum"
+                )
+                if saddle
+                else f"λmin = {fmt(last.lambda_min)} against λmax = {fmt(last.lambda_max)} at step "
+                f"{last.step}: no escapable negative curvature",
                 "lanczos",
                 last.lambda_min,
             )

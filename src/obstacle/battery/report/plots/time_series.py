@@ -33,6 +33,7 @@ from obstacle.battery.report.plots._common import (
     titles,
     to_float,
 )
+from obstacle.battery.verdict.numbers import quantity
 
 # Gradient norm and SNR are read as ratios (10× smaller gradient): log from one decade on.
 RATIO_LOG_DECADES = 1.0
@@ -41,8 +42,9 @@ RATIO_LOG_DECADES = 1.0
 def plot_time_series(report: Report) -> Figure | None:
     """Per-checkpoint signals on a shared step axis, one stacked panel each.
 
-    Loss (probe, logged minibatch, validation); gradient norm (log); lr·gᵀHg/gᵀg with the line at
-    2 and lr·λmax with the optimizer's stability threshold; λmin and λmax (symlog); gradient SNR
+    Loss (probe, logged minibatch, validation); gradient norm (log); lr·gᵀHg/gᵀg and the sharpness
+    the optimizer is judged on (lr·λmax, or lr·λmax(P⁻¹H) for adaptive ones) with the run's
+    optimizer's stability threshold; λmin and λmax (symlog); gradient SNR
     (log); minibatch uphill fraction with the full-data step's direction. Nulls are gaps; a
     non-finite checkpoint is shaded. ``None`` when no checkpoint carries a step.
     """
@@ -63,6 +65,7 @@ def plot_time_series(report: Report) -> Figure | None:
     _panel_uphill(axes[5], checkpoints, steps)
     _shade_nonfinite(axes, checkpoints, steps)
     _shade_episodes(axes, report)
+    _mark_shown(axes, report)
     for ax in axes:
         legend(ax, outside=True)
         no_offset(ax)
@@ -80,7 +83,7 @@ def plot_time_series(report: Report) -> Figure | None:
         fig,
         axes[0],
         "Training signals per checkpoint",
-        "Shaded: the verdict's obstacle episodes · look for: lr·curvature above the threshold "
+        "Shaded: the verdict's obstacle episodes, dashed: the step each is shown at · look for: lr·curvature above the threshold "
         "(conditioning) · λmin < 0 while ‖g‖ is small (saddle)\nlow SNR with uphill minibatch steps "
         "but a downhill full step (noise) · red bands: non-finite checkpoints",
     )
@@ -145,29 +148,80 @@ def _panel_gradient(ax: Axes, checkpoints: Sequence[Mapping[str, Any]], steps: F
     ax.set_ylabel(r"gradient norm $\|g\|$")
 
 
+def _sharpness(
+    checkpoints: Sequence[Mapping[str, Any]],
+) -> tuple[FloatArray, FloatArray, str]:
+    """The sharpness the run's optimizer is stable against, its threshold, and the label.
+
+    Adaptive optimizers (Adam, RMSprop, Adagrad) are judged on the preconditioned sharpness
+    lr·λmax(P⁻¹H) against their own threshold (38 for Adam with β1 = 0.9), SGD on lr·λmax
+    against 2(1+μ)…; the verdict reads the same fields (``CheckpointFacts.stability_ratio``).
+    """
+    pre = series(checkpoints, "preconditioned_lr_lambda_max")
+    if np.isfinite(pre).any():
+        return (
+            pre,
+            series(checkpoints, "preconditioned_threshold"),
+            r"lr$\cdot\lambda_{\max}(P^{-1}H)$ (preconditioned)",
+        )
+    return (
+        series(checkpoints, "lr_lambda_max"),
+        series(checkpoints, "stability_threshold"),
+        r"lr$\cdot\lambda_{\max}$",
+    )
+
+
+def _optimizer(checkpoints: Sequence[Mapping[str, Any]]) -> str:
+    names = [c.get("optimizer") for c in checkpoints if isinstance(c.get("optimizer"), str)]
+    return str(names[-1]) if names else ""
+
+
 def _panel_step_curvature(
     ax: Axes, checkpoints: Sequence[Mapping[str, Any]], steps: FloatArray
 ) -> None:
     along = series(checkpoints, "lr_curvature")
-    sharpness = series(checkpoints, "lr_lambda_max")
-    threshold = series(checkpoints, "stability_threshold")
+    sharpness, threshold, sharp_label = _sharpness(checkpoints)
+    known = threshold[np.isfinite(threshold)]
+    reference = known if known.size else np.array([2.0])
     # the scale is set before plotting: setting it afterwards autoscales with default margins
-    auto_scale(ax, along, sharpness, np.array([2.0]))
+    auto_scale(ax, along, sharpness, reference)
     drawn = [
         _line(ax, steps, along, r"lr$\cdot g^\top H g / g^\top g$", PALETTE["blue"], lw=1.8),
-        _line(
-            ax, steps, sharpness, r"lr$\cdot\lambda_{\max}$", PALETTE["vermillion"], lw=1.4, ls="--"
-        ),
+        _line(ax, steps, sharpness, sharp_label, PALETTE["vermillion"], lw=1.4, ls="--"),
     ]
     if not any(drawn):
         ax.set_yscale("linear")
         no_data(ax, "step curvature not recorded")
         ax.set_ylabel("lr × curvature")
         return
-    ax.axhline(2.0, color=PALETTE["black"], lw=1.0, ls=":", label="2: a gradient step goes uphill")
-    known = threshold[np.isfinite(threshold)]
-    if known.size and not np.allclose(known, 2.0):
-        ax.step(steps, threshold, where="mid", color=GREY, lw=1.2, label="stability threshold")
+    name = _optimizer(checkpoints)
+    if not known.size:
+        ax.axhline(
+            2.0,
+            color=PALETTE["black"],
+            lw=1.0,
+            ls=":",
+            label="2: above it a plain SGD step goes uphill (the optimizer's threshold is not recorded)",
+        )
+    elif np.allclose(known, known[0]):
+        ax.axhline(
+            float(known[0]),
+            color=PALETTE["black"],
+            lw=1.0,
+            ls=":",
+            label=f"{name or 'the optimizer'}'s stability threshold {quantity(float(known[0]))}: "
+            "above it a step goes uphill",
+        )
+    else:
+        ax.step(
+            steps,
+            threshold,
+            where="mid",
+            color=PALETTE["black"],
+            lw=1.0,
+            ls=":",
+            label=f"{name or 'the optimizer'}'s stability threshold",
+        )
     ax.set_ylabel("lr × curvature")
 
 
@@ -290,4 +344,24 @@ def _shade_episodes(axes: Sequence[Axes], report: Report) -> None:
                 lw=0,
                 label=label if k == 0 else None,
                 zorder=0,
+            )
+
+
+def _mark_shown(axes: Sequence[Axes], report: Report) -> None:
+    """A dashed line at the step where the verdict shows each obstacle (``shown_at_step``): the
+    same step its evidence cites and the other plots draw."""
+    obstacles = [o for o in lookup(report, "verdict", "obstacles") or [] if isinstance(o, Mapping)]
+    for obstacle in obstacles:
+        step = to_float(obstacle.get("shown_at_step"))
+        if not math.isfinite(step):
+            continue
+        kind = str(obstacle.get("kind") or "")
+        colour = PALETTE.get(EPISODE_COLOURS.get(kind, "black"), GREY)
+        for k, ax in enumerate(axes):
+            ax.axvline(
+                step,
+                color=colour,
+                lw=1.2,
+                ls="--",
+                label=f"{kind.replace('_', ' ')} shown at step {int(step)}" if k == 0 else None,
             )
