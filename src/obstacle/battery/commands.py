@@ -180,6 +180,7 @@ def write_outputs(report: dict[str, Any], *, json_out: Path | None, html_out: Pa
         files.mkdir(parents=True, exist_ok=True)
         render_report(report, files).replace(html_out)
         typer.echo(f"HTML report: {html_out} (plots as PNG in {files / 'plots'})")
+        typer.echo((files / "plots" / "captions.txt").read_text(encoding="utf-8").rstrip())
 
 
 def format_summary(report: dict[str, Any]) -> str:
