@@ -30,6 +30,7 @@ from obstacle.errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from obstacle._analyze import analyze
     from obstacle.battery.checkpoint import append_train_log, save_checkpoint
     from obstacle.battery.probe import Probe
     from obstacle.client import (
@@ -41,9 +42,13 @@ if TYPE_CHECKING:
         RunInfo,
         upload_run_dir,
     )
+    from obstacle.schemas import Report, Verdict
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
+    "analyze": "obstacle._analyze",
+    "Report": "obstacle.schemas",
+    "Verdict": "obstacle.schemas",
     "Probe": "obstacle.battery.probe",
     "save_checkpoint": "obstacle.battery.checkpoint",
     "append_train_log": "obstacle.battery.checkpoint",
@@ -72,6 +77,7 @@ __all__ = [
     "ParameterError",
     "Probe",
     "ProbeError",
+    "Report",
     "Run",
     "RunDirectoryError",
     "RunInfo",
@@ -79,7 +85,9 @@ __all__ = [
     "ServiceTimeoutError",
     "TransportError",
     "UnsafeArchiveError",
+    "Verdict",
     "__version__",
+    "analyze",
     "append_train_log",
     "save_checkpoint",
     "upload_run_dir",
