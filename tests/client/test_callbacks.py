@@ -92,7 +92,8 @@ def _fit_lightning(
     max_steps: int,
     module: pl.LightningModule | None = None,
     val: torch.utils.data.DataLoader[tuple[torch.Tensor, ...]] | None = None,
-) -> None:
+    ckpt_path: Path | None = None,
+) -> pl.Trainer:
     torch.manual_seed(0)
     x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
     # 40 samples in batches of 16: 16, 16, 8 — the short third batch must not enter the probe.
@@ -111,7 +112,8 @@ def _fit_lightning(
         num_sanity_val_steps=0,
         callbacks=[callback],
     )
-    trainer.fit(module or _MLP(), loader, val)
+    trainer.fit(module or _MLP(), loader, val, ckpt_path=ckpt_path)
+    return trainer
 
 
 # Lightning advises DataLoader workers (on machines with more than 2 cores); the data is in memory.
@@ -333,6 +335,26 @@ def test_lightning_callback_resumes_a_run_after_its_last_step(tmp_path: Path) ->
         assert load_checkpoint(
             run_dir / CHECKPOINT_DIR / checkpoint_filename(step), probe.manifest
         ).train_loss
+
+
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_callback_resumes_with_a_trainer_resumed_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    first = _fit_lightning(
+        ObstacleCallback(run_dir=run_dir, every_n_steps=7, loss_fn=F.cross_entropy), max_steps=21
+    )
+    first.save_checkpoint(tmp_path / "last.ckpt")
+
+    # 21 steps are 7 whole epochs of 3 batches. The Trainer restores its step 21 itself: the run's numbering goes on from there.
+    resumed = ObstacleCallback(
+        run_dir=run_dir, every_n_steps=7, loss_fn=F.cross_entropy, resume=True
+    )
+    _fit_lightning(resumed, max_steps=42, ckpt_path=tmp_path / "last.ckpt")
+
+    assert checkpoint_steps(run_dir) == [7, 14, 21, 28, 35, 42]
+    assert _log_steps(run_dir) == list(range(1, 43))
 
 
 @pytest.mark.filterwarnings(_FEW_WORKERS)

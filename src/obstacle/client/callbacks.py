@@ -175,7 +175,7 @@ class _Recorder:
             )
         return found
 
-    def open(self, start_step: int) -> None:
+    def open(self) -> None:
         """At the start of training: create ``run_dir``, or take up the run it holds (resume)."""
         if self.run_dir is None:
             return
@@ -186,9 +186,6 @@ class _Recorder:
         from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST
         from obstacle.artifacts.manifest import read_manifest
 
-        # A trainer that restarts its step count continues after the run's last step; one
-        # resumed from its own checkpoint (at or past that step) keeps its numbering.
-        self.step_offset = max(0, _last_step(self.run_dir) - start_step)
         if (self.run_dir / PROBE_DIR / PROBE_MANIFEST).is_file():
             self.resumed = read_manifest(self.run_dir / PROBE_DIR / PROBE_MANIFEST)
             self.has_probe = True
@@ -238,6 +235,16 @@ class _Recorder:
                 f"batch layout its probe was captured from; this training differs: "
                 f"{'; '.join(problems)}. Pass a new run_dir to record this training as a new run."
             )
+
+    def start_at(self, trainer_step: int) -> None:
+        """The trainer's step as training starts (after it restored any checkpoint of its own).
+
+        A trainer that counts from 0 again continues after the resumed run's last step; one
+        resumed from its own checkpoint, at or past that step, keeps its numbering.
+        """
+        if self.run_dir is not None and self.resume:
+            last = _last_step(self.run_dir)
+            self.step_offset = max(0, last - trainer_step)
 
     def step(self, trainer_step: int) -> int:
         """The run's step for the trainer's optimizer step (continuing a resumed run)."""
@@ -521,9 +528,13 @@ def _lightning_callback() -> type:
                 )
             self._model = _wrap(pl_module)
             self._trainer = trainer
-            self._last_step = trainer.global_step
-            self.recorder.open(trainer.global_step)
+            self.recorder.open()
             self.recorder.check_resumed(self._model, self.loss_fn)
+
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            # After on_fit_start Lightning restores its own checkpoint (ckpt_path=), step included.
+            self._last_step = trainer.global_step
+            self.recorder.start_at(trainer.global_step)
 
         def on_train_batch_start(
             self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -680,7 +691,8 @@ def _trainer_callback() -> type:
             control: transformers.TrainerControl,
             **kwargs: Any,
         ) -> None:
-            self.recorder.open(state.global_step)
+            self.recorder.open()
+            self.recorder.start_at(state.global_step)  # the Trainer has restored its checkpoint
             self._trainer = _calling_trainer()
             model: nn.Module = kwargs["model"]
             self._hooks = [
