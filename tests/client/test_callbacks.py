@@ -139,11 +139,14 @@ def test_lightning_callback_uploads_through_a_run() -> None:
 
     def service(request: httpx.Request) -> httpx.Response:
         sent.append((request.method, request.url.path))
+        now = "2026-01-01T00:00:00Z"
         if request.method == "POST":
-            return httpx.Response(201, json={"id": "r1", "name": "mlp"})
+            run = {"id": "r1", "name": "mlp", "meta": {}, "created_at": now, "probe": None}
+            return httpx.Response(201, json=run | {"num_checkpoints": 0, "train_log": None})
         step = request.url.path.split("/")[5] if "/checkpoints/" in request.url.path else "0"
         info = {"step": int(step), "sha256": "0" * 64, "size_bytes": 1, "lr": 0.01}
-        return httpx.Response(201, json=info)
+        extra = {"train_loss": None, "nonfinite": [], "optimizer": None, "created_at": now}
+        return httpx.Response(201, json=info | extra)
 
     with (
         Client("http://obstacle.test", "token", transport=httpx.MockTransport(service)) as client,
