@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 import obstacle
 from obstacle.platform.db import create_db_engine, session_factory
 from obstacle.platform.store import ArtifactStore
 from obstacle.service.api.deps import ServiceState
 from obstacle.service.api.main import api_router, root_router
+from obstacle.service.limits import RequestLimits
 from obstacle.service.metrics import Metrics, MetricsMiddleware
 from obstacle.service.problems import install_problem_handlers
 from obstacle.service.queue import TaskQueue
@@ -60,10 +66,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=obstacle.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.obstacle = state
     install_problem_handlers(app)
+    # The last added runs first: metrics count what the limits refuse too.
+    app.add_middleware(RequestLimits, settings=settings, sessions=lambda: state.sessions)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    _serve_docs(app)
     app.include_router(api_router)
     app.include_router(root_router)
     return app
+
+
+# Swagger UI and ReDoc from files inside an installed package (fastapi-offline ships Swagger UI 5,
+# which renders OpenAPI 3.1), not from a CDN: /docs works on a machine without internet.
+_DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+_ASSETS_URL = "/docs-assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    app.mount(_ASSETS_URL, StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="obstacle API",
+            swagger_js_url=f"{_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="obstacle API",
+            redoc_js_url=f"{_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )

@@ -32,6 +32,7 @@ __all__ = [
     "PROBLEM_RESPONSES",
     "Problem",
     "ProblemError",
+    "RequestRefused",
     "install_problem_handlers",
 ]
 
@@ -69,6 +70,18 @@ class ProblemError(Exception):
         self.slug = slug
         self.title = title
         self.headers = headers
+
+
+class RequestRefused(StarletteHTTPException):
+    """A problem raised from inside the request body's stream (too large, idle too long).
+
+    An HTTPException, because FastAPI lets those out of its body reading unchanged (any other
+    exception there becomes a 400 without a reason).
+    """
+
+    def __init__(self, problem: ProblemError) -> None:
+        super().__init__(problem.status, problem.detail, headers=problem.headers)
+        self.problem = problem
 
 
 # Most specific first: (class, status, slug, title). A test checks every InputError is listed.
@@ -158,6 +171,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error with a problem document."""
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestRefused):
+            exc = exc.problem
         assert isinstance(exc, ProblemError)
         return problem_response(
             exc.status,
@@ -196,6 +211,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, RequestRefused):
+            return await on_problem(request, exc)
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"There is no route {request.url.path}; the API is described at /openapi.json."

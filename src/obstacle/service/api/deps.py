@@ -77,31 +77,57 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="A project token from `obstacle token create`.")
 
 
+def no_token() -> ProblemError:
+    return ProblemError(
+        401,
+        "Send a project token as 'Authorization: Bearer <token>'. An operator creates one with "
+        "`obstacle token create --project NAME`.",
+        slug="unauthenticated",
+        title="Not authenticated",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def unknown_token() -> ProblemError:
+    return ProblemError(
+        401,
+        "The bearer token is not known to this service (mistyped, or from another deployment). "
+        "Ask an operator for a token: `obstacle token create --project NAME`.",
+        slug="unauthenticated",
+        title="Not authenticated",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (as HTTPBearer reads it), or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def token_problem(sessions: SessionFactory, authorization: str | None) -> ProblemError | None:
+    """The 401 to answer a request with this Authorization header, or None if its token is known."""
+    token = bearer_token(authorization)
+    if token is None:
+        return no_token()
+    with sessions() as session:
+        known = project_for_token(session, token) is not None
+    return None if known else unknown_token()
+
+
 def current_project(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Project:
     if credentials is None:
-        raise ProblemError(
-            401,
-            "Send a project token as 'Authorization: Bearer <token>'. An operator creates one with "
-            "`obstacle token create --project NAME`.",
-            slug="unauthenticated",
-            title="Not authenticated",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise no_token()
     project = project_for_token(session, credentials.credentials)
     # End the read transaction: a long upload must not hold a database connection's transaction.
     session.commit()
     if project is None:
-        raise ProblemError(
-            401,
-            "The bearer token is not known to this service (mistyped, or from another deployment). "
-            "Ask an operator for a token: `obstacle token create --project NAME`.",
-            slug="unauthenticated",
-            title="Not authenticated",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+        raise unknown_token()
     return project
 
 
