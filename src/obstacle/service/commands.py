@@ -104,6 +104,7 @@ def serve(
     from obstacle.platform.db import migrate as migrate_schema
     from obstacle.service.app import create_app
     from obstacle.service.embedded import EmbeddedRedis
+    from obstacle.service.server import uvicorn_config
     from obstacle.service.settings import ConfigurationError, Settings
 
     settings = _load(Settings, **_data_dir_values(data_dir))
@@ -135,7 +136,7 @@ def serve(
         parts.append(f"database {_redact(settings.resolved_database_url)}")
         parts.append(f"artifacts {settings.resolved_artifact_url}")
         typer.echo("; ".join(parts), err=False)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info"))
+        server = uvicorn.Server(uvicorn_config(create_app(settings), settings))  # service/server.py
         # uvicorn re-raises the stop signal once it has shut down; exit through `finally` instead
         # of dying from it, so the worker and the embedded Redis are stopped too.
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
