@@ -39,6 +39,8 @@ def _parse(raw: bytes | str, limits: JsonLimits = LIMITS) -> object:
         ),
         ('{"a": [1, 2}', "not valid JSON"),
         ("", "not valid JSON"),
+        ('["\\ud800"]', "lone UTF-16 surrogate"),
+        ('{"\\udfff": 1}', "lone UTF-16 surrogate"),
     ],
 )
 def test_each_rule_refuses_with_the_callers_error(raw: bytes | str, fragment: str) -> None:
@@ -55,6 +57,7 @@ def test_bounded_documents_parse_as_json_loads_does() -> None:
     assert _parse(json.dumps(document)) == document
     assert _parse(json.dumps(document).encode()) == document
     assert _parse("-18446744073709551615", JsonLimits()) == -(2**64 - 1)
+    assert _parse('"\\ud83d\\ude00"') == "\U0001f600"  # a surrogate pair is one character
 
 
 def test_nonfinite_literals_when_allowed() -> None:

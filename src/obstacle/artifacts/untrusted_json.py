@@ -48,6 +48,8 @@ DEFAULT_LIMITS = JsonLimits()
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
@@ -96,6 +98,11 @@ def load_bounded_json(raw: bytes | str, limits: JsonLimits = DEFAULT_LIMITS) -> 
     if longest > limits.max_string_chars:
         raise JsonRuleError(
             f"holds a string of {longest} characters, over the limit of {limits.max_string_chars}"
+        )
+    if _SURROGATE.search(_SURROGATE_PAIR.sub("", text)):
+        raise JsonRuleError(
+            "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), which "
+            "is no character and cannot be written back as UTF-8"
         )
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     depth = max(accumulate(_BRACKET_STEP[c] for c in brackets), default=0)
