@@ -207,6 +207,7 @@ def _train_hf(
     *,
     max_steps: int,
     eval_dataset: torch.utils.data.Dataset[dict[str, torch.Tensor]] | None = None,
+    logging_steps: int = 5,
 ) -> None:
     args = transformers.TrainingArguments(
         output_dir=str(out),
@@ -214,7 +215,7 @@ def _train_hf(
         per_device_train_batch_size=8,
         learning_rate=1e-3,
         lr_scheduler_type="constant",
-        logging_steps=5,
+        logging_steps=logging_steps,
         save_strategy="no",
         report_to=[],
         use_cpu=True,
@@ -278,10 +279,12 @@ def test_lightning_callback_creates_a_missing_run_dir(tmp_path: Path) -> None:
 
 def test_trainer_callback_creates_a_missing_run_dir(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "bert" / "first"
-    _train_hf(ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10), tmp_path, max_steps=20)
+    callback = ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10)
+    # The loss is logged from step 1, before the probe (step 5) would have made the directory.
+    _train_hf(callback, tmp_path, max_steps=20, logging_steps=1)
 
     assert checkpoint_steps(run_dir) == [10, 20]
-    assert _log_steps(run_dir) == [5, 10, 15, 20]
+    assert _log_steps(run_dir) == list(range(1, 21))
 
 
 _USED = r"already holds a run \(probe/, 2 checkpoints, train_log\.jsonl\).*resume=True"

@@ -27,7 +27,7 @@ that just ended. With ``run_dir`` they also append ``train_log.jsonl`` lines.
 
 ``run_dir`` is created when training starts (missing parents too). One that already holds a run
 (a probe, checkpoints or a training log) is refused before anything is written, so two runs never
-mix; ``resume=True`` continues it instead: the model, loss and batch layout must be those its
+mix; ``resume=True`` continues it instead (and starts it where there is none): the model, loss and batch layout must be those its
 probe was captured from, the probe is kept, and steps go on after the run's last one (a trainer
 resumed from its own checkpoint keeps its step numbers when they are already past it).
 
