@@ -47,7 +47,7 @@ UrlOption = Annotated[
     typer.Option(
         "--url",
         envvar="OBSTACLE_URL",
-        help="The service, e.g. http://localhost:8000 [env: OBSTACLE_URL].",
+        help="The service, e.g. http://localhost:8000 (default: OBSTACLE_URL).",
         show_envvar=False,
     ),
 ]
@@ -56,7 +56,7 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar="OBSTACLE_TOKEN",
-        help="A project token from `obstacle token create` [env: OBSTACLE_TOKEN].",
+        help="A project token from `obstacle token create` (default: OBSTACLE_TOKEN).",
         show_envvar=False,
     ),
 ]
@@ -64,7 +64,7 @@ ProgressOption = Annotated[
     bool | None,
     typer.Option(
         "--progress/--no-progress",
-        help="Show progress bars on stderr [default: only when stderr is a terminal].",
+        help="Show progress bars on stderr (default: only when stderr is a terminal).",
         show_default=False,
     ),
 ]
@@ -113,7 +113,7 @@ def upload_command(
         ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="The run's name [default: the directory's name].")
+        str | None, typer.Option(help="The run's name (default: the directory's name).")
     ] = None,
     run: Annotated[
         str | None, typer.Option("--run", help="Upload into this existing run id.")
@@ -149,7 +149,7 @@ def submit_command(
         ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="The run's name [default: the directory's name].")
+        str | None, typer.Option(help="The run's name (default: the directory's name).")
     ] = None,
     run: Annotated[
         str | None, typer.Option("--run", help="Upload into this existing run id.")

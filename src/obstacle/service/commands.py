@@ -88,10 +88,10 @@ def serve(
     ] = True,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run the service. With no configuration: the API, one worker, an embedded Redis, SQLite and a
-    local data directory (--data-dir, else OBSTACLE_DATA_DIR, else ./obstacle-data), started and
-    stopped together. Prints the data directory it uses: run `obstacle token create` with the same
-    one.
+    """Run the service: the API, a worker, an embedded Redis and SQLite, started and stopped together.
+
+    The data lives in --data-dir, else OBSTACLE_DATA_DIR, else ./obstacle-data of the current
+    directory; the directory used is printed: run `obstacle token create` with the same one.
 
     Configure it with OBSTACLE_* environment variables: OBSTACLE_DATABASE_URL (e.g.
     postgresql+psycopg://…), OBSTACLE_BROKER_URL (redis://…), OBSTACLE_ARTIFACT_URL (any fsspec URL,
