@@ -429,6 +429,30 @@ def test_lightning_callback_takes_validation_from_the_trainer_or_the_argument(
         fit("wrong", validation=(torch.randn(8, 5), torch.randint(0, 3, (8,))))
 
 
+@pytest.mark.filterwarnings(_FEW_WORKERS)
+def test_lightning_validation_data_of_another_layout_is_a_warning_and_none(tmp_path: Path) -> None:
+    vx, vy = _validation_data(16)
+    odd = torch.utils.data.TensorDataset(vx[:, :5], vy)  # 5 features where training has 6
+    callback = ObstacleCallback(
+        run_dir=tmp_path, every_n_steps=2, probe_batches=2, loss_fn=F.cross_entropy
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"ObstacleCallback: the trainer's validation data cannot give the probe a "
+        r"validation batch: the validation data holds 0 example\(s\) shaped like the probe "
+        r"batches \[\(16, 6\), \(16,\)\].*validation=None",
+    ):
+        # Two steps: the epoch (3 batches) does not end, so Lightning never validates on it.
+        _fit_lightning(
+            callback,
+            max_steps=2,
+            module=_ValidatedMLP(),
+            val=torch.utils.data.DataLoader(odd, batch_size=8),
+        )
+    probe = Probe.load(tmp_path)
+    assert probe.validation is None and checkpoint_steps(tmp_path) == [2]
+
+
 def test_trainer_callback_takes_validation_from_the_eval_dataset_or_the_argument(
     tmp_path: Path,
 ) -> None:

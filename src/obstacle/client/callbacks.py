@@ -5,7 +5,7 @@ Lightning (``pip install 'obstacle-detector[client]' lightning``)::
     from obstacle.client.callbacks import ObstacleCallback
 
     callback = ObstacleCallback(run_dir="runs/mlp", loss_fn=F.cross_entropy, every_n_steps=50)
-    lightning.Trainer(max_steps=5000, callbacks=[callback]).fit(module, loader)
+    lightning.Trainer(max_steps=5000, callbacks=[callback]).fit(module, loader, val_loader)
     report = obstacle.battery.analysis.analyze("runs/mlp")
 
 Hugging Face (``pip install 'obstacle-detector[client]' transformers``)::
@@ -27,9 +27,10 @@ that just ended. With ``run_dir`` they also append ``train_log.jsonl`` lines.
 
 ``run_dir`` is created when training starts (missing parents too). One that already holds a run
 (a probe, checkpoints or a training log) is refused before anything is written, so two runs never
-mix; ``resume=True`` continues it instead (and starts it where there is none): the model, loss and batch layout must be those its
-probe was captured from, the probe is kept, and steps go on after the run's last one (a trainer
-resumed from its own checkpoint keeps its step numbers when they are already past it).
+mix; ``resume=True`` continues it instead (or starts it, if there is none): the model, loss and
+batch layout must be those its probe was captured from, the probe is kept, and steps go on after
+the run's last one (a trainer resumed from its own checkpoint keeps its step numbers when they are
+already past it).
 
 ``validation`` defaults to the trainer's own validation data (Lightning's validation dataloader,
 the Trainer's ``eval_dataset``); up to 256 examples of it become the probe's validation batch, so
@@ -168,9 +169,9 @@ class _Recorder:
         found = _run_contents(self.run_dir)
         if found and not self.resume:
             raise RunDirectoryError(
-                f"{self.run_dir} already holds a run ({', '.join(found)}); a callback writes a "
-                "new run only into a missing or empty directory, so that two runs never mix in "
-                "one training log. Pass a new run_dir, delete the old run, or pass resume=True "
+                f"{self.run_dir} already holds a run ({', '.join(found)}); a callback starts a "
+                "new run only in a directory that holds none, so that two runs never mix in one "
+                "training log. Pass a new run_dir, delete the old run, or pass resume=True "
                 "to continue that run."
             )
         return found
