@@ -356,7 +356,7 @@ def test_time_series_of_an_adam_run_draws_adams_threshold_not_sgds(saddle: Repor
         for ln in panel.get_lines()
         if "threshold" in str(ln.get_label())
     }
-    assert thresholds == {"adam's stability threshold 38: above it a step goes uphill": 38.0}
+    assert thresholds == {"Adam's stability threshold 38: above it a step goes uphill": 38.0}
     assert any("P^{-1}H" in label for label in labels(panel))
 
 

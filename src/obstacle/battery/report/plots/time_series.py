@@ -171,9 +171,20 @@ def _sharpness(
     )
 
 
+# how torch spells the optimizers the battery records in lower case
+OPTIMIZER_NAMES = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+    "adagrad": "Adagrad",
+}
+
+
 def _optimizer(checkpoints: Sequence[Mapping[str, Any]]) -> str:
     names = [c.get("optimizer") for c in checkpoints if isinstance(c.get("optimizer"), str)]
-    return str(names[-1]) if names else ""
+    name = str(names[-1]) if names else ""
+    return OPTIMIZER_NAMES.get(name.lower(), name)
 
 
 def _panel_step_curvature(
