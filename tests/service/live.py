@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -48,3 +51,28 @@ def read_response(sock: socket.socket) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextmanager
+def serving(settings: Settings, log_dir: Path, **env: str) -> Iterator[tuple[str, Process]]:
+    """``start_live_api`` for a fixture wider than one test: stopped when the block ends."""
+    started: list[Process] = []
+
+    def start(argv: list[str], environment: dict[str, str], name: str) -> Process:
+        log = log_dir / f"{name}.log"
+        with log.open("wb") as handle:
+            popen = subprocess.Popen(
+                argv,
+                env=environment,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        started.append(Process(popen, log))
+        return started[-1]
+
+    try:
+        yield start_live_api(start, settings, **env)
+    finally:
+        for process in started:
+            process.stop()

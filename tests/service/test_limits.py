@@ -4,7 +4,6 @@ when slow, never a 500 (issue 13)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest_services import Process, Tenant, make_settings, make_tenant
+from conftest_services import Tenant, make_settings, make_tenant
 from obstacle.service.settings import Settings
-from service.live import raw_connection, read_response, start_live_api
+from service.live import raw_connection, read_response, serving
 
 LIMITS = {
     "OBSTACLE_MAX_REQUEST_BYTES": "4096",
@@ -31,23 +30,8 @@ def live(
 ) -> Iterator[tuple[str, Settings, Tenant]]:
     data_dir = tmp_path_factory.mktemp("limits")
     settings = make_settings(sqlite_database_url, redis_url, data_dir)
-    started: list[Process] = []
-
-    def start(argv: list[str], env: dict[str, str], name: str) -> Process:
-        log = data_dir / f"{name}.log"
-        with log.open("wb") as handle:
-            popen = subprocess.Popen(
-                argv, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        started.append(Process(popen, log))
-        return started[-1]
-
-    base, _ = start_live_api(start, settings, **LIMITS)
-    try:
+    with serving(settings, data_dir, **LIMITS) as (base, _):
         yield base, settings, make_tenant(sqlite_database_url)
-    finally:
-        for process in started:
-            process.stop()
 
 
 def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
