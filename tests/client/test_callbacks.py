@@ -188,14 +188,14 @@ class _Pairs(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
-def _tiny_bert(seed: int = 0) -> transformers.BertForSequenceClassification:
+def _tiny_bert(seed: int = 0, hidden: int = 16) -> transformers.BertForSequenceClassification:
     torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=50,
-        hidden_size=16,
+        hidden_size=hidden,
         num_hidden_layers=1,
         num_attention_heads=2,
-        intermediate_size=32,
+        intermediate_size=2 * hidden,
         max_position_embeddings=16,
     )
     return transformers.BertForSequenceClassification(config)
@@ -208,6 +208,7 @@ def _train_hf(
     max_steps: int,
     eval_dataset: torch.utils.data.Dataset[dict[str, torch.Tensor]] | None = None,
     logging_steps: int = 5,
+    model: transformers.PreTrainedModel | None = None,
 ) -> None:
     args = transformers.TrainingArguments(
         output_dir=str(out),
@@ -223,7 +224,7 @@ def _train_hf(
     )
     # 20 samples in batches of 8: 8, 8, 4 — the short third batch must not enter the probe.
     trainer = transformers.Trainer(
-        model=_tiny_bert(),
+        model=model or _tiny_bert(),
         args=args,
         train_dataset=_Pairs(20),
         eval_dataset=eval_dataset,
@@ -394,6 +395,22 @@ def test_trainer_callback_resumes_a_run_after_its_last_step(tmp_path: Path) -> N
     assert checkpoint_steps(run_dir) == [10, 20, 30, 40]
     assert _log_steps(run_dir) == [5, 10, 15, 20, 25, 30, 35, 40]
     assert Probe.load(run_dir).manifest.content_hash == probe_hash
+
+
+def test_trainer_resume_refuses_another_model(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _train_hf(ObstacleTrainerCallback(run_dir=run_dir, every_n_steps=10), tmp_path, max_steps=10)
+    before = _files(run_dir)
+
+    resumed = ObstacleTrainerCallback(run_dir=run_dir, resume=True)
+    with pytest.raises(
+        RunDirectoryError,
+        match=r"resume=True continues a run only with the model, loss and batch layout its probe "
+        r"was captured from; this training differs: weights .*mis-shaped or mis-typed: "
+        r"\[.*'model\.bert\.embeddings\.word_embeddings\.weight'.*\]\. Pass a new run_dir",
+    ):
+        _train_hf(resumed, tmp_path, max_steps=10, model=_tiny_bert(hidden=32))
+    assert _files(run_dir) == before
 
 
 # --- validation data ----------------------------------------------------------------------
