@@ -300,7 +300,9 @@ def _cell(key: str, value: Any, record: Mapping[str, Any]) -> dict[str, str]:
         return {"text": "—", "cls": "null"}
     number = _number(value)
     if number is not None and not math.isfinite(number):
-        return {"text": format_number(number), "cls": "nonfinite"}
+        # a measured non-finite value, not a missing one: say which
+        text = "NaN" if math.isnan(number) else "+∞" if number > 0 else "−∞"
+        return {"text": text, "cls": "nonfinite"}
     cls = ""
     if key in ("lr_curvature", "lr_lambda_max") and number is not None:
         limit = _number(record.get("stability_threshold"))

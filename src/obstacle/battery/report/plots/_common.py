@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from obstacle.battery.verdict.numbers import quantity
+
 Report = Mapping[str, Any]
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -190,10 +192,12 @@ def auto_scale(ax: Axes, *arrays: FloatArray | None) -> str:
     return "linear"
 
 
-def format_number(value: Any, *, digits: int = 3) -> str:
-    """A recorded value for a person: 3 significant digits, scientific when tiny or huge.
+def format_number(value: Any) -> str:
+    """A recorded value for a person, as the verdict's sentences write it
+    (:func:`obstacle.battery.verdict.numbers.quantity`: 3 significant digits, thousands grouped,
+    scientific only when tiny or huge, ``n/a`` for NaN, ``∞``).
 
-    Shared with the HTML report so a number reads the same in a plot and in the table.
+    Shared with the HTML report so a number reads the same in a plot, the table and the text.
     ``None`` → "—", booleans → "yes"/"no", integers verbatim.
     """
     if value is None:
@@ -204,18 +208,7 @@ def format_number(value: Any, *, digits: int = 3) -> str:
         return str(value)
     if not isinstance(value, float):
         return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+∞" if value > 0 else "−∞"
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    text = f"{value:.{digits}g}"
-    if magnitude >= 1e4 or magnitude < 1e-3 or "e" in text:
-        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return text
+    return quantity(value)
 
 
 # ----------------------------------------------------------------------------- figures
