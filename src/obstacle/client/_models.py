@@ -64,11 +64,7 @@ class AnalysisResult:
         """Write the self-contained HTML report to ``path`` (fetched from the service)."""
         target = Path(path)
         if self._client is None:
-            from obstacle.battery.report import render_report
-
-            files = target.parent / f"{target.stem}_files"
-            files.mkdir(parents=True, exist_ok=True)
-            return render_report(self.report_json, files).replace(target)
+            return self.report.save_html(target)
         html = self._client.report_html(self.status.id)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(html, encoding="utf-8")
