@@ -68,3 +68,11 @@ def test_the_fitted_trend_says_what_was_fitted_and_over_which_steps() -> None:
     assert "the loss fell 133% of its mean from step 50 to step 100" in text
     rising = trend([_facts(0, 1.0), _facts(10, 1.05), _facts(20, 1.1)])
     assert "the loss rose 9.5% of its mean from step 0 to step 20" in rising.describe()
+
+
+def test_an_obstacle_that_shows_only_at_the_last_checkpoint_has_no_zero_share() -> None:
+    exploding = _records([1.0, 0.9, 0.8, 0.7, 1e6], lr=1.0, grad_norm=1.0)
+    verdict = judge(exploding)
+    assert verdict["primary"] == "divergence"
+    assert "0% of the run" not in verdict["summary"]
+    assert verdict["summary"].startswith("The run diverged at its last checkpoint (step 80)")

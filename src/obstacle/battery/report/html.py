@@ -211,7 +211,8 @@ def _when(record: Mapping[str, Any]) -> str:
     share = _percent(record.get("share_of_run"))
     if not isinstance(start, int) or isinstance(start, bool):
         return ""
-    cost = f" ({share} of the run)" if share else ""
+    # an episode that starts at the last checkpoint has no share of the run to speak of
+    cost = f" ({share} of the run)" if share and share != "0%" else ""
     if record.get("still_present"):
         return f"from step {start}{cost}, still present at the last checkpoint"
     ended = str(record.get("ended_by") or "")

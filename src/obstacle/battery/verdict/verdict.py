@@ -180,10 +180,15 @@ def _summary(e: Episode, headline: str, facts: RunFacts) -> str:
     lead = e.finding.evidence[0]["statement"] if e.finding.evidence else ""
     if e.still_present:
         if e.start_step == facts.checkpoints[0].step:
-            when = "from the start"
+            when = "from the start, and still is at the last checkpoint"
+        elif e.start_step >= facts.checkpoints[-1].step:
+            when = f"at its last checkpoint (step {e.start_step})"
         else:
-            when = f"since step {e.start_step} ({percent(e.share_of_run)} of the run)"
-        return f"{headline} {when}, and still is at the last checkpoint (confidence {e.finding.confidence:.2f}): {lead}."
+            when = (
+                f"since step {e.start_step} ({percent(e.share_of_run)} of the run), and still is "
+                "at the last checkpoint"
+            )
+        return f"{headline} {when} (confidence {e.finding.confidence:.2f}): {lead}."
     past = headline.replace(" is stuck", " was stuck").replace(" is held", " was held")
     return (
         f"{past} from step {e.start_step} to step {e.end_step} ({percent(e.share_of_run)} of the run); "
