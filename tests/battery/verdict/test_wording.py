@@ -54,7 +54,7 @@ def test_listed_obstacles_hold_every_condition_and_ruled_out_ones_are_not_listed
 def test_parameter_norm_that_did_not_grow_is_not_said_to_grow() -> None:
     verdict = judge(BLOWN_UP_AND_STUCK)
     reason = next(r["reason"] for r in verdict["ruled_out"] if r["kind"] == "no_critical_point")
-    assert reason.startswith("‖θ‖ did not grow over the second half of the run and")
+    assert reason.startswith("‖θ‖ did not grow over the second half of the run, but")
 
 
 def _facts(step: int, loss: float) -> CheckpointFacts:

@@ -443,9 +443,9 @@ def _no_target(ctx: Context) -> str:
         )
     if finite(w.uphill_rate) and w.uphill_rate >= t.uphill_rate:
         return (
-            f"the loss stalled around {fmt(last)} while rising between {percent(w.uphill_rate)} of "
-            "consecutive checkpoints (bouncing, not converged), and no target loss was declared to "
-            "judge a local minimum against"
+            f"the loss stalled around {fmt(last)} while rising from one checkpoint to the next in "
+            f"{percent(w.uphill_rate)} of the pairs (bouncing, not converged), and no target loss "
+            "was declared to judge a local minimum against"
         )
     return (
         f"the run converged to a minimum at loss {fmt(last)} and no target loss was declared, "
@@ -511,8 +511,8 @@ class PoorConditioning(Rule):
             )
         if finite(rate):
             parts.append(
-                f"the probe loss rose between {percent(rate)} of consecutive checkpoints (bouncing at "
-                f"{percent(t.uphill_rate)})"
+                f"the probe loss rose from one checkpoint to the next in {percent(rate)} of the "
+                f"pairs (bouncing from {percent(t.uphill_rate)})"
             )
         parts.append("the loss is on a plateau" if w.stalled else "the loss keeps falling")
         ev.check(
@@ -700,7 +700,7 @@ class NoCriticalPoint(Rule):
                 + (
                     f", while the loss keeps creeping down ({facts.progress.describe()})"
                     if descending
-                    else " and the loss is not still descending"
+                    else ", but the loss is not still descending"
                 )
                 + f" (no critical point needs steady growth of {percent(t.norm_growth)} or more while the loss creeps down)"
             )
