@@ -76,3 +76,30 @@ def test_an_obstacle_that_shows_only_at_the_last_checkpoint_has_no_zero_share() 
     assert verdict["primary"] == "divergence"
     assert "0% of the run" not in verdict["summary"]
     assert verdict["summary"].startswith("The run diverged at its last checkpoint (step 80)")
+
+
+def test_a_high_snr_at_the_probe_batch_is_explained_next_to_the_runs_noisy_batch() -> None:
+    # B_noise = 8 examples against a run batch of 2: noisy at the run's batch (SNR 0.25) while
+    # the probe's batch of 16 sees an SNR of 2 — the report must say which one is judged
+    noisy = _records(
+        [0.25, 0.251, 0.249, 0.25, 0.252, 0.25, 0.249, 0.251, 0.25],
+        lr=0.1,
+        grad_norm=0.5,
+        param_norm=3.0,
+        lambda_min=0.1,
+        lambda_max=1.0,
+        lr_lambda_max=0.1,
+        stability_threshold=2.0,
+        snr=2.0,
+        noise_scale=8.0,
+        run_batch_size=2,
+        probe_batch_size=16,
+        noise_signal=1.1,
+        full_step_uphill=0.0,
+        uphill_fraction_minibatch=0.1,
+    )
+    verdict = judge(noisy)
+    noise = next(o for o in verdict["obstacles"] if o["kind"] == "gradient_noise")
+    line = next(e["statement"] for e in noise["evidence"] if "signal-to-noise" in e["statement"])
+    assert "= 2 at the probe's batch of 16; at the run's batch of 2 it is 0.25" in line
+    assert "which is what is judged" in line

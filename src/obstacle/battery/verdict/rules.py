@@ -653,9 +653,16 @@ class GradientNoise(Rule):
             )
             snr = w.median("snr_probe_batch")
             if finite(snr):
+                at_run = (
+                    f"; at the run's batch of {batch} it is {fmt(1 / ratio)} (the noise dominates "
+                    f"below {fmt(t.snr_noisy)}), which is what is judged"
+                    if batch_noisy and finite(ratio) and ratio > 0
+                    else ""
+                )
                 f.add(
                     "noise",
-                    f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)} at the probe's batch size",
+                    f"gradient signal-to-noise |G|²/tr(Σ) = {fmt(snr)} at the probe's batch of "
+                    f"{last.probe_batch_size or '?'}{at_run}",
                     snr,
                 )
 
