@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from obstacle.cli import app
+from obstacle.client import Client
+from obstacle.errors import ServiceTimeoutError
 
 from .conftest import Service
 
@@ -74,6 +76,13 @@ def test_submit_json_and_a_resubmission_uploads_nothing(
     second = json.loads(out)
     assert code == 0 and second["run_id"] == first["run_id"]
     assert second["uploaded"] == [] and second["analysis_id"] != first["analysis_id"]
+    # Waiting less than the analysis takes: the renamed timeout error says how to follow it.
+    with (
+        Client(service.url, service.token) as client,
+        pytest.raises(ServiceTimeoutError) as caught,
+    ):
+        client.wait_analysis(second["analysis_id"], timeout=0.01, progress=False)
+    assert f"obstacle status {second['analysis_id']} --wait" in str(caught.value)
 
 
 def test_commands_exit_2_with_the_reason(service: Service, broken_run: Path) -> None:

@@ -313,7 +313,7 @@ class Client:
                     raise ServiceTimeoutError(
                         f"analysis {analysis_id} is still {status.state} after {timeout:g} s "
                         f"({status.progress.done}/{status.progress.total} checkpoints). Wait longer, "
-                        f"or poll it later with `obstacle status {analysis_id}`."
+                        f"or follow it later with `obstacle status {analysis_id} --wait`."
                     )
                 time.sleep(poll_interval)
         finally:
