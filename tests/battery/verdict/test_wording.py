@@ -101,5 +101,4 @@ def test_a_high_snr_at_the_probe_batch_is_explained_next_to_the_runs_noisy_batch
     verdict = judge(noisy)
     noise = next(o for o in verdict["obstacles"] if o["kind"] == "gradient_noise")
     line = next(e["statement"] for e in noise["evidence"] if "signal-to-noise" in e["statement"])
-    assert "= 2 at the probe's batch of 16; at the run's batch of 2 it is 0.25" in line
-    assert "which is what is judged" in line
+    assert "= 2 at the probe's batch of 16; the SNR judged is B/B_noise = 0.25 at the run's" in line

@@ -654,8 +654,9 @@ class GradientNoise(Rule):
             snr = w.median("snr_probe_batch")
             if finite(snr):
                 at_run = (
-                    f"; at the run's batch of {batch} it is {fmt(1 / ratio)} (the noise dominates "
-                    f"below {fmt(t.snr_noisy)}), which is what is judged"
+                    f"; the SNR judged is B/B_noise = {fmt(1 / ratio)} at the run's batch of "
+                    f"{batch}, from the per-example noise scale (the noise dominates below "
+                    f"{fmt(t.snr_noisy)})"
                     if batch_noisy and finite(ratio) and ratio > 0
                     else ""
                 )
