@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -44,7 +45,7 @@ from obstacle.platform.keys import train_log_key
 from obstacle.platform.store import ArtifactStore
 from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
-from service.bundles import modified_safetensors, probe_files
+from service.bundles import modified_safetensors, probe_files, tensors
 
 MUTATIONS = settings(
     max_examples=100,
@@ -274,6 +275,48 @@ def test_hand_made_malformed_optimizer_states(service: Service) -> None:
     base = _base_optimizer(service.run_dir)
     for _name, body in [*_hand_made_safetensors(base), *_hand_made_optimizer(base)]:
         _send_optimizer(service, body)
+
+
+def _optimizer_the_worker_refuses(base: bytes) -> list[tuple[str, bytes, str]]:
+    """Optimizer states main accepted with 201 and the workers' optimizer step then refused."""
+    state = tensors(base)
+    slot_key = next(iter(state))
+    parameter = slot_key.partition("/")[2]
+    as_int = {slot_key: state[slot_key].astype(np.int64)}
+    return [
+        ("int slot", modified_safetensors(base, as_int), "(optimizer slots hold floats)"),
+        *[
+            (
+                f"step {value}",
+                modified_safetensors(base, {f"step/{parameter}": np.array(value, np.float32)}),
+                "the step count must be one finite number >= 0",
+            )
+            for value in (-1.0, float("nan"), float("inf"))
+        ],
+        (
+            "step of 3",
+            modified_safetensors(base, {f"step/{parameter}": np.zeros(state[slot_key].shape, np.float32)}),
+            "the step count must be one",
+        ),
+    ]  # fmt: skip
+
+
+def test_optimizer_states_the_worker_would_refuse_are_refused(service: Service) -> None:
+    base = _base_optimizer(service.run_dir)
+    for _name, body, fragment in _optimizer_the_worker_refuses(base):
+        step = next(service.next_step)
+        url = f"/v1/runs/{service.probed_run}/checkpoints/{step}"
+        assert service.put(url, _base_checkpoint(service.run_dir)).status_code == 201
+        response = service.put(f"{url}/optimizer", body)
+        assert response.status_code == 422, (_name, response.text)
+        assert fragment in response.json()["detail"], response.json()["detail"]
+    adam_like = modified_safetensors(
+        base, {f"step/{next(iter(tensors(base))).partition('/')[2]}": np.array(3.0, np.float32)}
+    )
+    step = next(service.next_step)
+    url = f"/v1/runs/{service.probed_run}/checkpoints/{step}"
+    assert service.put(url, _base_checkpoint(service.run_dir)).status_code == 201
+    assert service.put(f"{url}/optimizer", adam_like).status_code == 201
 
 
 @settings(parent=MUTATIONS, max_examples=60)

@@ -10,11 +10,13 @@ changed again, so a local store on its filesystem takes it as a hardlink instead
 from __future__ import annotations
 
 import math
+import struct
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
@@ -225,7 +227,11 @@ def ingest_optimizer_state(
         )
     header = _read_header(upload, name)
     _check_optimizer_header(
-        header, ProbeManifest.model_validate(probe.manifest), step=step, name=name
+        header,
+        ProbeManifest.model_validate(probe.manifest),
+        step=step,
+        name=name,
+        path=upload.path,
     )
     nonfinite = [f"optimizer/{t}" for t in nonfinite_tensors(upload.path, header)]
     key = optimizer_key(run_id, step, upload.sha256)
@@ -340,10 +346,19 @@ def _agree(key: str, written: float | None, sent: float | None, name: str) -> fl
     return written
 
 
+_FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+_STEP_CODES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+               "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}  # fmt: skip
+
+
 def _check_optimizer_header(
-    header: SafetensorsHeader, manifest: ProbeManifest, *, step: int, name: str
+    header: SafetensorsHeader, manifest: ProbeManifest, *, step: int, name: str, path: Path
 ) -> None:
-    """Optimizer tensors are named ``<slot>/<parameter>`` and shaped like it (or scalars)."""
+    """What the workers' optimizer step reads, checked before the file is accepted.
+
+    Tensors are named ``<slot>/<parameter>``; a slot is shaped like its parameter (or a scalar);
+    every slot but ``step`` holds floats; ``step`` is one finite count >= 0.
+    """
     shapes = {spec.name: spec.shape for spec in manifest.parameters}
     wrong = []
     for key, entry in sorted(header.tensors.items()):
@@ -354,12 +369,43 @@ def _check_optimizer_header(
             wrong.append(
                 f"{key}: shape {list(entry.shape)} (parameter {parameter} is {shapes[parameter]})"
             )
+        elif slot == "step":
+            count = _scalar(path, header, entry.name, entry.dtype)
+            if math.prod(entry.shape) != 1 or count is None or not (0 <= count < 2**53):
+                wrong.append(
+                    f"{key}: the step count must be one finite number >= 0 "
+                    f"(dtype {entry.dtype}, shape {list(entry.shape)}, value {count})"
+                )
+        elif entry.dtype not in _FLOAT_CODES:
+            wrong.append(f"{key}: dtype {entry.dtype} (optimizer slots hold floats)")
     if wrong:
         raise CheckpointError(
-            f"{name}: the optimizer state does not match the probe's parameters ({'; '.join(wrong)}). "
+            f"{name}: the optimizer state does not match the probe's parameters ({'; '.join(wrong[:10])}). "
             "Save it with obstacle.save_checkpoint(run_dir, model, ..., optimizer=opt) for the probe's model."
         )
     if "step" in header.metadata and _number(header.metadata, "step", name) != step:
         raise CheckpointError(
             f"{name}: the file's header says step {header.metadata['step']}, but it was sent to step {step}."
         )
+
+
+def _scalar(path: Path, header: SafetensorsHeader, tensor: str, dtype: str) -> float | None:
+    """The value of a one-element tensor of the file (None if it is not one, or not finite)."""
+    entry = header.tensors[tensor]
+    size = entry.end - entry.begin
+    if dtype == "BF16":
+        code, raw_size = "<u2", 2
+    elif dtype in _STEP_CODES:
+        code, raw_size = _STEP_CODES[dtype], np.dtype(_STEP_CODES[dtype]).itemsize
+    else:
+        return None
+    if size != raw_size:
+        return None
+    with path.open("rb") as handle:
+        handle.seek(path.stat().st_size - header.data_bytes + entry.begin)
+        raw = handle.read(size)
+    if dtype == "BF16":  # the upper half of a float32
+        (value,) = struct.unpack("<f", b"\0\0" + raw)
+    else:
+        value = float(np.frombuffer(raw, code)[0])
+    return value if math.isfinite(value) else None
