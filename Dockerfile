@@ -43,4 +43,7 @@ ARG EXTRA_PACKAGES=""
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install "torch==${TORCH_VERSION}" "$(ls /wheels/*.whl)[worker]" ${EXTRA_PACKAGES}
 USER obstacle
+# Healthy while one of this container's worker nodes answers `celery inspect ping` (via the broker).
+HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "obstacle.workers.health"]
 CMD ["obstacle", "worker"]

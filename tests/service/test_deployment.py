@@ -52,3 +52,16 @@ def test_their_commands_exist() -> None:
     for service in ("api:", "worker:", "redis:", "postgres:"):
         assert f"\n  {service}" in compose
     assert "target: service" in compose and "target: worker" in compose
+
+
+def test_the_workers_have_a_real_health_check() -> None:
+    """compose and the worker image ping the worker's own node (tests/workers/test_health_check.py
+    runs that command against a real worker)."""
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for service in ("worker", "worker-gpu"):
+        block = compose.split(f"\n  {service}:\n", 1)[1].split("\n\n", 1)[0]
+        assert "healthcheck:" in block, f"{service} has no health check"
+    assert '["CMD", "python", "-m", "obstacle.workers.health"]' in compose
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    worker_stage = dockerfile.split("AS worker", 1)[1]
+    assert 'CMD ["python", "-m", "obstacle.workers.health"]' in worker_stage

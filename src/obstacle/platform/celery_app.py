@@ -22,6 +22,7 @@ __all__ = [
     "FINALIZE_ANALYSIS",
     "QUEUE",
     "create_celery",
+    "ping_workers",
     "transport_options",
 ]
 
@@ -64,3 +65,10 @@ def create_celery(settings: CommonSettings, *, include: list[str] | None = None)
         enable_utc=True,
     )
     return app
+
+
+def ping_workers(app: Celery, *, timeout: float = 2.0) -> list[str]:
+    """The names of the worker nodes that answer a remote-control ping within ``timeout`` seconds
+    (``celery inspect ping``); each node is named ``obstacle-<cpu|gpuN>-<pid>@<host>``."""
+    replies = app.control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)

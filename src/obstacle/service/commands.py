@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -103,7 +101,7 @@ def serve(
     from obstacle.platform.db import create_db_engine
     from obstacle.platform.db import migrate as migrate_schema
     from obstacle.service.app import create_app
-    from obstacle.service.embedded import EmbeddedRedis
+    from obstacle.service.embedded import EmbeddedRedis, EmbeddedWorker
     from obstacle.service.server import uvicorn_config
     from obstacle.service.settings import ConfigurationError, Settings
 
@@ -113,7 +111,7 @@ def serve(
         k: v for k, v in (("host", host), ("port", port)) if v is not None
     }
     redis_server: EmbeddedRedis | None = None
-    worker_process: subprocess.Popen[bytes] | None = None
+    worker_process: EmbeddedWorker | None = None
     try:
         if settings.broker_url is None:
             if api_only:
@@ -126,7 +124,8 @@ def serve(
             migrate_schema(engine)
             engine.dispose()
         if not api_only:
-            worker_process = _start_worker(settings, processes=workers)
+            worker_process = EmbeddedWorker(settings, processes=workers)
+            worker_process.start()  # watched and restarted when it dies; /healthz reports it
         listener = socket.create_server((settings.host, settings.port))
         bound = listener.getsockname()[1]
         parts = [f"obstacle: API listening on http://{settings.host}:{bound} (OpenAPI at /docs)"]
@@ -136,7 +135,9 @@ def serve(
         parts.append(f"database {_redact(settings.resolved_database_url)}")
         parts.append(f"artifacts {settings.resolved_artifact_url}")
         typer.echo("; ".join(parts), err=False)
-        server = uvicorn.Server(uvicorn_config(create_app(settings), settings))  # service/server.py
+        api = create_app(settings)
+        api.state.embedded_worker = worker_process
+        server = uvicorn.Server(uvicorn_config(api, settings))  # limits: service/server.py
         # uvicorn re-raises the stop signal once it has shut down; exit through `finally` instead
         # of dying from it, so the worker and the embedded Redis are stopped too.
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -147,7 +148,7 @@ def serve(
         raise typer.Exit(2) from None
     finally:
         if worker_process is not None:
-            _stop(worker_process)
+            worker_process.stop()
         if redis_server is not None:
             redis_server.stop()
 
@@ -160,31 +161,6 @@ def _redact(url: str) -> str:
     from sqlalchemy import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def _start_worker(settings: object, *, processes: int) -> subprocess.Popen[bytes]:
-    from obstacle.platform.settings import CommonSettings
-
-    assert isinstance(settings, CommonSettings)
-    env = {
-        **os.environ,
-        "OBSTACLE_DATA_DIR": str(Path(settings.data_dir).resolve()),
-        "OBSTACLE_DATABASE_URL": settings.resolved_database_url,
-        "OBSTACLE_BROKER_URL": settings.require_broker_url(),
-        "OBSTACLE_ARTIFACT_URL": settings.resolved_artifact_url,
-    }
-    command = [sys.executable, "-m", "obstacle.workers", "--concurrency", str(processes)]
-    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def token_create(

@@ -1,8 +1,11 @@
-"""Operations: health (database and broker reachable) and Prometheus metrics."""
+"""Operations: health (database, broker and, under ``obstacle serve``, the embedded worker) and
+Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -17,12 +20,24 @@ router = APIRouter(tags=["operations"])
 @router.get(
     "/healthz",
     response_model=Health,
-    responses={503: {"model": Health, "description": "Database or broker unreachable"}},
+    responses={
+        503: {
+            "model": Health,
+            "description": "Database or broker unreachable, or the embedded worker down",
+        }
+    },
 )
-async def healthz(state: StateDep) -> JSONResponse:
-    """200 when the database and the broker answer, else 503 saying which does not."""
+async def healthz(state: StateDep, request: Request) -> JSONResponse:
+    """200 when the database and the broker answer (and, under ``obstacle serve``, its embedded
+    worker), else 503 saying which does not; ``worker`` appears only with an embedded worker."""
     health = await run_in_threadpool(_check, state)
-    return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
+    body: dict[str, Any] = health.model_dump()
+    supervisor = getattr(request.app.state, "embedded_worker", None)
+    if supervisor is not None:
+        body["worker"] = supervisor.health()  # kept by its watching thread: no waiting here
+        if body["worker"] != "ok":
+            body["status"] = "unavailable"
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
 def _check(state: StateDep) -> Health:
