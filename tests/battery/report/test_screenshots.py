@@ -30,12 +30,12 @@ def test_the_generator_writes_a_non_blank_screenshot_of_one_obstacle(tmp_path: P
     with script.chromium() as browser:
         report = script.screenshot("divergence", target, browser)
     assert report["verdict"]["primary"] == "divergence"
-    image = Image.open(target)
-    assert image.width == script.WIDTH
-    pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    with Image.open(target) as image:
+        assert image.width == script.WIDTH
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
     assert pixels.std() > 10  # text and plots, not a blank page
     # the page's orange verdict bar and heading are in the shot (Okabe–Ito vermillion #D55E00)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
     vermillion = (abs(rgb - np.array([0xD5, 0x5E, 0x00])).sum(axis=2) < 40).sum()
     assert vermillion > 500
 
@@ -44,5 +44,6 @@ def test_one_checked_in_screenshot_per_obstacle() -> None:
     script = _script()
     assert sorted(p.stem for p in SHOTS.glob("*.png")) == sorted(script.RUNS)
     for png in SHOTS.glob("*.png"):
-        assert Image.open(png).width == script.WIDTH
+        with Image.open(png) as image:
+            assert image.width == script.WIDTH
         assert png.stat().st_size < 400_000
