@@ -196,7 +196,8 @@ def format_summary(report: dict[str, Any]) -> str:
     for obstacle in verdict["obstacles"]:
         lines.append("")
         lines.append(
-            f"  {obstacle['kind']} (confidence {obstacle['confidence']:.2f}), at steps {_steps(obstacle['steps'])}"
+            f"  {obstacle['kind']} (confidence {obstacle['confidence']:.2f}), shown at step "
+            f"{obstacle.get('shown_at_step')}; evidence at steps {_steps(obstacle['steps'])}"
         )
         for ev in obstacle["evidence"]:
             lines.append(f"    - [{ev['test']}] {ev['statement']}")

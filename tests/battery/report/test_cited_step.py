@@ -70,6 +70,9 @@ def test_every_section_and_plot_cites_the_saddle_at_the_verdicts_step(report: An
     text = _text_about_the_saddle(report)
     cited_in_text = {int(s) for line in text for s in AT_STEP.findall(line)}
     assert cited_in_text == {shown}, text
+    assert f"saddle_point (confidence {saddle['confidence']:.2f}), shown at step {shown};" in (
+        format_summary(report)
+    )
 
     html = render_html(report)
     verdict_section = html[html.index('id="verdict"') : html.index('id="ruled-out"')]
