@@ -17,7 +17,7 @@ from obstacle.artifacts.bundle import nonfinite_tensors, pack_probe, unpack_prob
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_DIR, PROBE_MANIFEST, PROBE_PROGRAM
 from obstacle.artifacts.safetensors_header import read_header
 from obstacle.errors import ProbeError
-from service.bundles import probe_files
+from service.bundles import probe_files, rehash, zip_bundle
 
 
 def test_pack_is_deterministic_and_unpacks_to_the_same_files(
@@ -106,6 +106,81 @@ def test_a_forged_manifest_hash_is_refused(tiny_run: Path, tmp_path: Path) -> No
     with pytest.raises(ProbeError, match="content_hash"):
         unpack_probe_bundle(tmp_path / "b.zip", tmp_path / "out")
     assert PROBE_PROGRAM  # the program is not even looked at
+
+
+def _rehashed_zip(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(zip_bundle(rehash(files)))
+    return path
+
+
+def test_a_deflated_member_within_the_limit_is_refused_unexpanded(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    # On main a member deflated from 1 GiB to 1 MiB was written to disk before the 422 when the
+    # service's limit allowed it: now only stored members are read, whatever the limit.
+    members = [(i, d) for i, d in _members(tiny_run) if i.filename != PROBE_DATA]
+    members.append((zipfile.ZipInfo(PROBE_DATA), b"\x00" * 2_000_000))
+    members[-1][0].compress_type = zipfile.ZIP_DEFLATED
+    path = _zip(tmp_path, members)
+    with pytest.raises(ProbeError, match=r"data.safetensors is compressed \(zip method 8"):
+        unpack_probe_bundle(path, tmp_path / "out", max_bytes=1 << 30)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_zip_directory_is_bounded_before_it_is_read(tiny_run: Path, tmp_path: Path) -> None:
+    raw = bytearray(pack_probe(tiny_run / PROBE_DIR))
+    at = raw.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", raw, at + 8, 60_000, 60_000)  # members on this disk, in total
+    path = tmp_path / "many.zip"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ProbeError, match="declares 60000 members"):
+        unpack_probe_bundle(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_manifest_must_name_the_programs_parameters(tiny_run: Path, tmp_path: Path) -> None:
+    # Accepted on main; the worker then bound checkpoints to parameters the program lacks.
+    files = probe_files(tiny_run)
+    manifest = json.loads(files[PROBE_MANIFEST])
+    manifest["parameters"][0]["name"] = "renamed"
+    path = _rehashed_zip(tmp_path, {**files, PROBE_MANIFEST: json.dumps(manifest).encode()})
+    with pytest.raises(ProbeError, match=r"only in the manifest: \['renamed'\]"):
+        unpack_probe_bundle(path, tmp_path / "out")
+    manifest = json.loads(files[PROBE_MANIFEST])
+    manifest["parameters"][0]["shape"] = [3, 3]
+    path = _rehashed_zip(tmp_path, {**files, PROBE_MANIFEST: json.dumps(manifest).encode()})
+    with pytest.raises(ProbeError, match=r"shapes manifest vs program: \['0.weight: \[3, 3\]"):
+        unpack_probe_bundle(path, tmp_path / "out2")
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"num_batches": 0}, "num_batches is 0"),
+        ({"inputs": [{"index": 1, "shape": [-1, 4], "dtype": "float64"}]}, "indices must be 0, 1"),
+        ({"inputs": [{"index": 0, "shape": [16, 4], "dtype": "float64"}]}, "is not [-1, sizes"),
+        ({"buffers": [{"name": "b", "shape": [1], "dtype": "complex64"}]}, "'complex64'"),
+    ],
+)
+def test_the_manifest_is_what_capture_writes(
+    tiny_run: Path, tmp_path: Path, change: dict[str, object], fragment: str
+) -> None:
+    files = probe_files(tiny_run)
+    manifest = {**json.loads(files[PROBE_MANIFEST]), **change}
+    path = _rehashed_zip(tmp_path, {**files, PROBE_MANIFEST: json.dumps(manifest).encode()})
+    with pytest.raises(ProbeError) as caught:
+        unpack_probe_bundle(path, tmp_path / "out")
+    assert fragment in str(caught.value), str(caught.value)
+
+
+def test_a_deeply_nested_manifest_is_a_probe_error(tiny_run: Path, tmp_path: Path) -> None:
+    files = probe_files(tiny_run)
+    deep = b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path = tmp_path / "deep.zip"
+    path.write_bytes(zip_bundle({**files, PROBE_MANIFEST: deep}))  # read before any hash
+    with pytest.raises(ProbeError, match="nesting depth 100001 is over the limit of 8"):
+        unpack_probe_bundle(path, tmp_path / "out")
 
 
 def _write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
