@@ -102,3 +102,16 @@ def test_a_high_snr_at_the_probe_batch_is_explained_next_to_the_runs_noisy_batch
     noise = next(o for o in verdict["obstacles"] if o["kind"] == "gradient_noise")
     line = next(e["statement"] for e in noise["evidence"] if "signal-to-noise" in e["statement"])
     assert "= 2 at the probe's batch of 16; the SNR judged is B/B_noise = 0.25 at the run's" in line
+
+
+def test_a_divergence_is_shown_at_the_step_its_evidence_cites() -> None:
+    blown = _records([1.0, 2.0, 30.0, None, None, None], lr=1.0)  # type: ignore[list-item]
+    verdict = judge(blown)
+    divergence = verdict["obstacles"][0]
+    assert divergence["kind"] == "divergence"
+    assert divergence["shown_at_step"] == 60  # the first non-finite step, not the last
+    assert "from step 60 on" in divergence["evidence"][0]["statement"]
+    exploding = judge(_records([1.0, 0.9, 0.8, 50.0, 0.7, 0.6], lr=1.0))
+    cited = exploding["obstacles"][0]
+    assert cited["kind"] == "divergence" and cited["shown_at_step"] == 60
+    assert "50× its first value at step 60" in cited["evidence"][0]["statement"]

@@ -118,6 +118,7 @@ class Divergence(Rule):
         if facts.non_finite_steps:
             first = facts.non_finite_steps[0]
             f.steps = facts.non_finite_steps
+            f.shown_at = first  # the step the evidence cites, for the text and the plots alike
             ev.check(
                 Condition(
                     "non_finite",
@@ -128,11 +129,13 @@ class Divergence(Rule):
             )
         elif finite(ratio) and ratio >= t.explosion_ratio:
             f.steps = [peak_step] if peak_step is not None else []
+            f.shown_at = peak_step
             ev.check(
                 Condition(
                     "explosion",
                     True,
-                    f"the probe loss climbs to {times(ratio)} its first value (an explosion is "
+                    f"the probe loss climbs to {times(ratio)} its first value at step {peak_step} "
+                    "(an explosion is "
                     f"{times(t.explosion_ratio)} or more)",
                     "loss",
                     ratio,
@@ -467,6 +470,7 @@ class PoorConditioning(Rule):
         f = ev.finding
         ratios = [(c, c.stability_ratio) for c in w.checkpoints if finite(c.stability_ratio)]
         worst_c, worst = max(ratios, key=lambda cr: cr[1]) if ratios else (w.last, math.nan)
+        f.shown_at = worst_c.step  # the checkpoint its evidence cites
         label = "lr·λmax(P⁻¹H)" if worst_c.preconditioned else "lr·λmax"
         value = (
             worst_c.preconditioned_lr_lambda_max

@@ -174,6 +174,8 @@ def _sharpness(
 # how torch spells the optimizers the battery records in lower case
 OPTIMIZER_NAMES = {
     "sgd": "SGD",
+    "momentum": "SGD with momentum",
+    "nesterov": "SGD with Nesterov momentum",
     "adam": "Adam",
     "adamw": "AdamW",
     "rmsprop": "RMSprop",
