@@ -1,13 +1,16 @@
 """The FastAPI application: ``create_app(settings)``; never imports torch (a test checks it).
 
 Run it with ``obstacle serve`` (which migrates the database first), or under any ASGI server:
-``uvicorn --factory obstacle.service.app:create_app``.
+``uvicorn --factory obstacle.service.app:create_app``. Body sizes, 401 before the body and the
+body idle timeout hold under any server (``obstacle.service.limits``); the header deadline and size
+limit need ``obstacle.service.server.uvicorn_config``, which ``obstacle serve`` uses.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import fastapi_offline
@@ -19,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 import obstacle
 from obstacle.platform.db import create_db_engine, session_factory
 from obstacle.platform.store import ArtifactStore
+from obstacle.service.analyses import sweep_stalled
 from obstacle.service.api.deps import ServiceState
 from obstacle.service.api.main import api_router, root_router
 from obstacle.service.limits import RequestLimits
@@ -55,9 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(
+            sweep_stalled(state.sessions, stall_timeout_s=settings.analysis_stall_timeout_s)
+        )
         try:
             yield
         finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
             state.queue.close()
             engine.dispose()
 
