@@ -9,7 +9,9 @@ import pytest
 from obstacle.artifacts.untrusted_json import JsonLimits, parse_untrusted_json
 from obstacle.errors import CheckpointError, ProbeError
 
-LIMITS = JsonLimits(max_bytes=1 << 20, max_depth=8, max_number_chars=20, max_string_chars=100)
+LIMITS = JsonLimits(
+    max_bytes=1 << 20, max_depth=8, max_number_chars=20, max_string_chars=100, max_items=1000
+)
 
 
 def _parse(raw: bytes | str, limits: JsonLimits = LIMITS) -> object:
@@ -39,6 +41,9 @@ def _parse(raw: bytes | str, limits: JsonLimits = LIMITS) -> object:
         ),
         ('{"a": [1, 2}', "not valid JSON"),
         ("", "not valid JSON"),
+        ("[[]," * 50 + "[]" + "]" * 50, "nesting depth over the limit of 8"),
+        ('{"a": [[1], ' * 9 + "1" + "]}" * 9, "nesting depth over the limit of 8"),
+        ("[" + "0," * 2000 + "0]", "holds 2000 values (commas), over the limit of 1000"),
         ('["\\ud800"]', "lone UTF-16 surrogate"),
         ('{"\\udfff": 1}', "lone UTF-16 surrogate"),
     ],

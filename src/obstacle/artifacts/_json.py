@@ -43,6 +43,7 @@ _ARCHIVE_JSON = JsonLimits(
     max_number_chars=40,
     max_int=_INT64,
     max_string_chars=1 << 20,
+    max_items=1 << 40,  # a large program's graph is many values; its size is bounded instead
 )
 
 
