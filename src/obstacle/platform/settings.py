@@ -15,7 +15,12 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
                                     along them (default 20: a typical analysis is one task)
     OBSTACLE_CHECKPOINT_TIME_LIMIT_S   time per checkpoint: a task's hard limit is this × its group
     OBSTACLE_FINALIZE_TIME_LIMIT_S  hard limit of the run-level task
-    OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis without progress this long is marked failed
+    OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis no worker has touched this long is marked
+                                    failed (default 600): a worker heartbeats the analysis every
+                                    min(30 s, a quarter of this) while it works on it, so a dead
+                                    worker, or none at all, is noticed in minutes. An analysis
+                                    waiting in the queue behind others this long is failed too:
+                                    raise it for deep queues
 """
 
 from __future__ import annotations
@@ -70,12 +75,20 @@ class CommonSettings(BaseSettings):
     checkpoints_per_task: int = Field(default=20, ge=1)
     checkpoint_time_limit_s: int = Field(default=240, ge=1)
     finalize_time_limit_s: int = Field(default=240, ge=1)
-    analysis_stall_timeout_s: int = Field(default=7200, ge=1)
+    # Workers heartbeat an analysis while they work on it (every stall_heartbeat_s), so a long
+    # group of checkpoints does not count as a stall: only a worker that is gone, or never came.
+    analysis_stall_timeout_s: int = Field(default=600, ge=1)
 
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def stall_heartbeat_s(self) -> float:
+        """How often a worker touches the analysis it works on: four times per stall timeout, at
+        most every 30 s."""
+        return max(0.25, min(30.0, self.analysis_stall_timeout_s / 4))
 
     @property
     def group_time_limit_s(self) -> int:
@@ -95,13 +108,26 @@ class CommonSettings(BaseSettings):
             group: self.group_time_limit_s,
             f"OBSTACLE_FINALIZE_TIME_LIMIT_S={self.finalize_time_limit_s}": self.finalize_time_limit_s,
         }
-        for name, limit in limits.items():
+        # The stall timeout must exceed one checkpoint's and the run-level task's limits (not a
+        # whole group's: the worker heartbeats along it), so that one long step with a starved
+        # heartbeat does not fail an analysis that is still within its limits.
+        for name, limit in (
+            (
+                f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S={self.checkpoint_time_limit_s}",
+                self.checkpoint_time_limit_s,
+            ),
+            (
+                f"OBSTACLE_FINALIZE_TIME_LIMIT_S={self.finalize_time_limit_s}",
+                self.finalize_time_limit_s,
+            ),
+        ):
             if limit >= self.analysis_stall_timeout_s:
                 raise ValueError(
                     f"OBSTACLE_ANALYSIS_STALL_TIMEOUT_S={self.analysis_stall_timeout_s} must exceed "
                     f"{name}: an analysis would be failed while a task of it is still within its "
-                    "time limit."
+                    "time limit. Raise the stall timeout (default 600) or lower the limit."
                 )
+        for name, limit in limits.items():
             if limit >= self.visibility_timeout_s:
                 raise ValueError(
                     f"{name} must be below OBSTACLE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s}: "

@@ -1,12 +1,23 @@
-"""Analyses on the service side: create and queue one, and read its state and progress."""
+"""Analyses on the service side: create and queue one, read its state and progress, and fail
+the stalled ones.
+
+Stall detection: a worker touches an analysis's ``updated_at`` when it claims or finishes a
+checkpoint and, between, every ``stall_heartbeat_s`` (obstacle.workers.jobs). An analysis untouched
+for OBSTACLE_ANALYSIS_STALL_TIMEOUT_S has no live worker (it died, or none runs) and is marked
+failed with that reason: by ``StallSweeper``, which the app runs in the background four times per
+timeout (at most every 30 s), and on every read.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from obstacle.platform.db import SessionFactory, session_scope
 from obstacle.platform.models import (
@@ -22,7 +33,73 @@ from obstacle.service.problems import ProblemError
 from obstacle.service.queue import TaskQueue
 from obstacle.service.schemas import AnalysisCreate, AnalysisPublic, CheckpointErrorPublic, Progress
 
-__all__ = ["create_analysis", "public_analysis"]
+__all__ = ["StallSweeper", "create_analysis", "fail_stalled", "public_analysis"]
+
+logger = logging.getLogger("obstacle.service")
+
+
+def _stall_reason(stall_timeout_s: int) -> str:
+    return (
+        f"no worker made progress on this analysis for {stall_timeout_s} s "
+        "(OBSTACLE_ANALYSIS_STALL_TIMEOUT_S): its worker died, or no worker runs "
+        "(`obstacle worker`; under `obstacle serve`, GET /healthz says whether its worker is up). "
+        "Start the analysis again."
+    )
+
+
+def fail_stalled(sessions: SessionFactory, *, stall_timeout_s: int) -> int:
+    """Mark failed every unfinished analysis untouched for ``stall_timeout_s``; how many."""
+    cutoff = utcnow() - timedelta(seconds=stall_timeout_s)
+    with session_scope(sessions) as session:
+        done = session.execute(
+            update(Analysis)
+            .where(Analysis.state.not_in(AnalysisState.TERMINAL), Analysis.updated_at < cutoff)
+            .values(
+                state=AnalysisState.FAILED,
+                error=_stall_reason(stall_timeout_s),
+                updated_at=utcnow(),
+                finished_at=utcnow(),
+            )
+        )
+        return int(getattr(done, "rowcount", 0) or 0)
+
+
+class StallSweeper:
+    """Runs ``fail_stalled`` four times per stall timeout (at most every 30 s) in the background of
+    the app, from ``start()`` until ``await stop()`` (which lets a sweep under way finish, so no
+    database connection outlives the engine)."""
+
+    def __init__(self, sessions: SessionFactory, *, stall_timeout_s: int) -> None:
+        self.sessions = sessions
+        self.stall_timeout_s = stall_timeout_s
+        self.interval_s = max(0.25, min(30.0, stall_timeout_s / 4))
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stall-sweeper")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                failed = await run_in_threadpool(
+                    fail_stalled, self.sessions, stall_timeout_s=self.stall_timeout_s
+                )
+            except Exception as exc:  # the database is away: /healthz says so; try again later
+                logger.warning("the stall sweep failed: %s: %s", type(exc).__name__, exc)
+                continue
+            if failed:
+                logger.warning("%d stalled analyses marked failed", failed)
 
 
 def create_analysis(
@@ -111,11 +188,7 @@ def public_analysis(
     if analysis.state not in AnalysisState.TERMINAL and utcnow() - analysis.updated_at > timedelta(
         seconds=stall_timeout_s
     ):
-        reason = (
-            f"no worker made progress on this analysis for {stall_timeout_s} s "
-            "(OBSTACLE_ANALYSIS_STALL_TIMEOUT_S); is a worker running (`obstacle worker`)? "
-            "Start the analysis again."
-        )
+        reason = _stall_reason(stall_timeout_s)
         done = session.execute(
             update(Analysis)
             .where(Analysis.id == analysis.id, Analysis.updated_at == analysis.updated_at)

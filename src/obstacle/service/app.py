@@ -8,9 +8,8 @@ limit need ``obstacle.service.server.uvicorn_config``, which ``obstacle serve`` 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
@@ -22,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 import obstacle
 from obstacle.platform.db import create_db_engine, session_factory
 from obstacle.platform.store import ArtifactStore
-from obstacle.service.analyses import sweep_stalled
+from obstacle.service.analyses import StallSweeper
 from obstacle.service.api.deps import ServiceState
 from obstacle.service.api.main import api_router, root_router
 from obstacle.service.limits import RequestLimits
@@ -59,15 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(
-            sweep_stalled(state.sessions, stall_timeout_s=settings.analysis_stall_timeout_s)
-        )
+        sweeper = StallSweeper(state.sessions, stall_timeout_s=settings.analysis_stall_timeout_s)
+        sweeper.start()
         try:
             yield
         finally:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            await sweeper.stop()
             state.queue.close()
             engine.dispose()
 

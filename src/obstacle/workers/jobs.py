@@ -24,9 +24,11 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -77,6 +79,7 @@ class Context:
     permanent_errors: tuple[type[BaseException], ...] = (ObstacleError,)
     timeouts: tuple[type[BaseException], ...] = ()
     memory_budget: str | None = None  # OBSTACLE_MEMORY_BUDGET; None: what the device has free
+    heartbeat_s: float = 30.0  # how often the analysis worked on is touched (stall detection)
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,43 @@ def _finish(
         return bool(getattr(result, "rowcount", 0))
 
 
+@contextmanager
+def _heartbeat(ctx: Context, analysis_id: uuid.UUID) -> Iterator[None]:
+    """Touch the analysis's ``updated_at`` every ``ctx.heartbeat_s`` while the body runs, so the
+    service's stall detector sees a live worker however long a checkpoint or a group takes."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ctx.heartbeat_s):
+            try:
+                with session_scope(ctx.sessions) as session:
+                    session.execute(
+                        update(Analysis)
+                        .where(
+                            Analysis.id == analysis_id,
+                            Analysis.state.not_in(AnalysisState.TERMINAL),
+                        )
+                        .values(updated_at=utcnow())
+                    )
+            except Exception as exc:  # the database is briefly away: the next beat may pass
+                logger.warning("heartbeat of analysis %s failed: %s", analysis_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{analysis_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) -> None:
     """An ordered group of an analysis's checkpoints, warm-started along it; safe to run again."""
+    with _heartbeat(ctx, analysis_id):
+        _analyze_checkpoints(ctx, analysis_id, steps)
+
+
+def _analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) -> None:
     job = _load_job(ctx, analysis_id, steps=steps)
     if job is None:
         return
@@ -329,6 +367,11 @@ def _maybe_finalize(ctx: Context, analysis_id: uuid.UUID, *, resend: bool = Fals
 
 def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
     """The run-level tests, the verdict and the report; safe to run more than once."""
+    with _heartbeat(ctx, analysis_id):
+        _finalize_analysis(ctx, analysis_id)
+
+
+def _finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
     job = _load_job(ctx, analysis_id)
     if job is None:
         return

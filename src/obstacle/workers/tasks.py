@@ -52,6 +52,7 @@ def context() -> jobs.Context:
         run_dirs=RunDirectories(store, settings.resolved_cache_dir),
         device=select_device(settings.device),
         memory_budget=settings.memory_budget,
+        heartbeat_s=settings.stall_heartbeat_s,
         max_attempts=settings.max_task_attempts,
         send_finalize=lambda analysis_id: finalize_analysis.delay(str(analysis_id)),
         permanent_errors=(ObstacleError,),
