@@ -50,8 +50,8 @@ def test_unbounded_plan_is_the_preferred_one() -> None:
 
 
 def test_large_models_hold_per_batch_gradients_in_chunks_by_default() -> None:
-    # 256 MiB of per-batch gradients by default: two of a 25M float32 model, one of 124M.
-    for params, chunk in ((25_000_000, 2), (124_000_000, 1), (10_000_000, 6)):
+    # 128 MiB of per-batch gradients by default: three of a 10M float32 model, one of 25M.
+    for params, chunk in ((25_000_000, 1), (124_000_000, 1), (10_000_000, 3), (4_000_000, 8)):
         plan = plan_memory(
             num_parameters=params, dtype=torch.float32, num_batches=8, budget_bytes=None
         )

@@ -22,7 +22,12 @@ from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST, list_checkpoint
 from obstacle.artifacts.manifest import read_manifest
 from obstacle.battery.checkpoint import Checkpoint, load_checkpoint
 from obstacle.battery.engine import LossEngine, resolve_device
-from obstacle.battery.memory import available_memory, parse_size, plan_memory
+from obstacle.battery.memory import (
+    available_memory,
+    parse_size,
+    plan_memory,
+    return_freed_memory_to_the_os,
+)
 from obstacle.battery.precision import choose_precision
 from obstacle.battery.presets import Preset, get_preset
 from obstacle.battery.probe import Probe
@@ -198,6 +203,7 @@ def _run_checkpoint(session: _Session, step: int, carry: dict[str, Any]) -> Reco
     details: dict[str, Record] = {}
     for quantity in _quantities(session.preset):
         details[quantity.name] = quantity(ctx)
+        return_freed_memory_to_the_os()  # so that RSS follows the tensors the plan counts
     _, g = ctx.gradient()
     cosine = (
         float(torch.nn.functional.cosine_similarity(g, ctx.theta, dim=0))

@@ -351,9 +351,10 @@ class _KrylovSchur:
         self.which = which
         # V holds at most max_vectors − 1 rows, q the last one; never more rows than dim + 1.
         self.capacity = min(max_vectors, self.dim + 1)
-        self._rows = torch.empty(
-            min(16, self.capacity), self.dim, dtype=start.dtype, device=start.device
-        )
+        # All rows at once: growing by copying would hold the old and the new block together
+        # (16 + 24 vectors at the switch, measured). On the CPU untouched rows are not resident,
+        # so memory still follows the steps taken; on a GPU the plan counts them anyway.
+        self._rows = torch.empty(self.capacity, self.dim, dtype=start.dtype, device=start.device)
         self._rows[0] = start / norm
         self.size = 0  # rows of V; q is row ``size``
         self.t = np.zeros((0, 0))
@@ -373,20 +374,23 @@ class _KrylovSchur:
         j = self.size
         q = self._rows[j]
         w = self.matvec(q).reshape(-1).to(q.dtype)
+        if w.untyped_storage().data_ptr() == self._rows.untyped_storage().data_ptr():
+            w = w.clone()  # an operator that hands back its input: w is updated in place below
         self.matvecs += 1
         alpha = dot64(q, w)
         # Vᵀ·H·q = b in exact arithmetic: subtract it, then reorthogonalize against V and q (one
         # classical Gram–Schmidt pass, a second only when the first removed most of w: the DGKS
-        # test with η = 1/√2, "twice is enough").
-        w = w - alpha * q
+        # test with η = 1/√2, "twice is enough"). In place: no vector-sized temporaries.
+        w.sub_(q, alpha=alpha)
         if j > 0:
-            w = w - self._rows[:j].T @ torch.as_tensor(self.b, dtype=w.dtype, device=w.device)
+            b = torch.as_tensor(self.b, dtype=w.dtype, device=w.device)
+            w.addmv_(self._rows[:j].T, b, alpha=-1)
         basis = self._rows[: j + 1]
         before = norm64(w)
-        w = w - basis.T @ gram64(basis, w).to(w.dtype)
+        w.addmv_(basis.T, gram64(basis, w).to(w.dtype), alpha=-1)
         after = norm64(w)
         if after < _DGKS_ETA * before:
-            w = w - basis.T @ gram64(basis, w).to(w.dtype)
+            w.addmv_(basis.T, gram64(basis, w).to(w.dtype), alpha=-1)
             after = norm64(w)
         beta = after
         t = np.zeros((j + 1, j + 1))
@@ -401,8 +405,7 @@ class _KrylovSchur:
         self.alphas.append(alpha)
         self.betas.append(beta)
         if self.size < self.dim and math.isfinite(beta) and beta > 0:
-            self._grow(self.size + 1)
-            self._rows[self.size] = w / beta
+            torch.div(w, beta, out=self._rows[self.size])
         return beta
 
     def _eigh(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -446,18 +449,6 @@ class _KrylovSchur:
         self.size = len(chosen)
         self._eig = None
         self.restarts += 1
-
-    def _grow(self, rows: int) -> None:
-        if rows <= self._rows.shape[0]:
-            return
-        grown = torch.empty(
-            min(max(2 * self._rows.shape[0], rows), self.capacity),
-            self.dim,
-            dtype=self._rows.dtype,
-            device=self._rows.device,
-        )
-        grown[: self._rows.shape[0]] = self._rows
-        self._rows = grown
 
     def ritz_vector(self, s: np.ndarray[Any, Any]) -> Tensor:
         """V·s, normalized."""
