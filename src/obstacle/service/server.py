@@ -29,8 +29,33 @@ def _plain_response(status: int, reason: str, text: str) -> bytes:
     ).encode("ascii") + body
 
 
+# A connection answered before its request was read whole (401, 413, 408, 431) is not closed at
+# once: closing a socket with unread bytes sends a reset, which can destroy the answer before the
+# client reads it. Its write side is shut (the client reads the answer, then EOF) and what it still
+# sends is discarded unread, for at most this long.
+LINGER_S = 2.0
+
+
+class _LingeringTransport:
+    """The connection's transport, whose ``close`` lingers while the request is unfinished."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        if self._protocol.request_unfinished and not self._transport.is_closing():
+            self._protocol.linger()
+        else:
+            self._transport.close()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline and a size limit on each request's headers."""
+    """uvicorn's httptools protocol with a deadline and a size limit on each request's headers,
+    and a lingering close for requests answered before they were read."""
 
     header_timeout_s: float = 10.0
     max_header_bytes: int = 64 * 1024
@@ -40,16 +65,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_deadline: asyncio.TimerHandle | None = None
         self._awaiting_headers = False
         self._header_bytes = 0
+        self.request_unfinished = False
+        self._lingering: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = _LingeringTransport(transport, self)  # type: ignore[assignment]
         self._expect_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
+    def linger(self) -> None:
+        """Send what is buffered, then EOF; discard what arrives; close after LINGER_S."""
+        if self._lingering is not None:
+            return
+        raw: asyncio.Transport = self.transport._transport  # type: ignore[attr-defined]
+        self._cancel_deadline()
+        self._unset_keepalive_if_required()
+        if raw.can_write_eof():
+            raw.write_eof()
+        raw.resume_reading()
+        self._lingering = self.loop.call_later(LINGER_S, raw.close)
+
+    def on_message_complete(self) -> None:
+        self.request_unfinished = False
+        super().on_message_complete()
+
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # answered already; the rest of the request is discarded unread
         counted = self._awaiting_headers
         super().data_received(data)
         if counted and self._awaiting_headers:
@@ -65,10 +113,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.request_unfinished = True
         self._expect_headers()
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
+        self.request_unfinished = True
         self._cancel_deadline()
         super().on_headers_complete()
 
@@ -105,7 +155,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self.logger.warning("%s %s from %s", status, reason, self.client)
         self.transport.write(_plain_response(status, reason, text))
-        self.transport.close()
+        self.linger()
 
 
 def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:

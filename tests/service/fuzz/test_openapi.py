@@ -202,7 +202,14 @@ def _fuzz_operation(
         request = _request(base, path, method, case)
         request.headers.update(tokens[case["auth"]])
         begun = time.monotonic()
-        response = client.send(request)
+        try:
+            response = client.send(request)
+        except httpx.TransportError as exc:
+            sent = {k: v for k, v in request.headers.items() if k != "authorization"}
+            raise AssertionError(
+                f"{request.method} {request.url} ({case['auth']} token, headers {sent}, "
+                f"{len(request.content)} body bytes): no answer, {exc!r}"
+            ) from exc
         answers.append((response.status_code, time.monotonic() - begun))
         where = f"{request.method} {request.url} → {response.status_code}"
         assert response.status_code < 500, f"{where}: {response.text[:500]}"
