@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,21 @@ def test_requests_within_the_limits_are_served(live: tuple[str, Settings, Tenant
             response = client.post("/v1/runs", json={"name": "ok"}, headers=tenant.headers)
             assert response.status_code == 201, response.text
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("token", "route", "status"),
+    [(False, "checkpoints/5", 401), (True, "checkpoints/5", 404), (True, "train-log", 413)],
+)
+def test_a_client_that_sends_its_whole_body_still_reads_the_early_answer(
+    live: tuple[str, Settings, Tenant], token: bool, route: str, status: int
+) -> None:
+    # The server answers from the headers and lingers, discarding the rest, instead of resetting
+    # the connection under a client that is still sending (which would lose the answer).
+    base, _, tenant = live
+    headers = {**(tenant.headers if token else {}), "X-Content-SHA256": "0" * 64}
+    url = f"{base}/v1/runs/{uuid.uuid4()}/{route}"
+    for _ in range(3):
+        response = httpx.put(url, content=b"\0" * (3 << 20), headers=headers, timeout=30)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
