@@ -74,6 +74,7 @@ def analyze_command(
     Exit status: 0 when the analysis ran (whatever the verdict), 2 on bad input.
     """
     try:
+        check_run_files(run_dir)
         report = run_analysis(
             run_dir,
             target_loss=target_loss,
@@ -89,6 +90,52 @@ def analyze_command(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     typer.echo(format_summary(report))
     write_outputs(report, json_out=json_out, html_out=html_out)
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse, naming the path, what the battery's readers would fail on without saying which
+    file: a probe file or checkpoint that is not a regular file, a training log that is not UTF-8."""
+    import codecs
+
+    from obstacle.artifacts.layout import (
+        CHECKPOINT_DIR,
+        PROBE_DATA,
+        PROBE_DIR,
+        PROBE_PROGRAM,
+        TRAIN_LOG,
+    )
+    from obstacle.errors import RunDirectoryError
+
+    paths = [run_dir / PROBE_DIR / PROBE_PROGRAM, run_dir / PROBE_DIR / PROBE_DATA]
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir():
+        paths += sorted(checkpoints.glob("*.safetensors"))
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise RunDirectoryError(
+                f"{path}: must be a file, but it is a directory or another kind of entry. Write it "
+                "with obstacle.Probe.capture(...).save(run_dir) / obstacle.save_checkpoint(...)."
+            )
+    log = run_dir / TRAIN_LOG
+    if log.exists():
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        try:
+            with log.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    decoder.decode(chunk)
+                    offset += len(chunk)
+                decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise RunDirectoryError(
+                f"{log}: the training log must be UTF-8 text (JSON lines {{step, lr, loss}}); "
+                f"byte {offset + exc.start} is not ({exc.reason}). Write it with "
+                "obstacle.battery.checkpoint.append_train_log(...) or remove it."
+            ) from None
+        except OSError as exc:
+            raise RunDirectoryError(
+                f"{log}: the training log cannot be read ({exc.strerror or exc})."
+            ) from None
 
 
 def run_analysis(
