@@ -254,6 +254,10 @@ class Health(_Parsed):
     status: Literal["ok", "unavailable"]
     database: str
     broker: str
+    worker: str | None = Field(
+        default=None,
+        description="Under `obstacle serve`: its embedded worker, 'ok' or why it cannot take tasks.",
+    )
 
 
 # --- the report -------------------------------------------------------------------------------

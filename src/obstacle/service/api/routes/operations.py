@@ -31,7 +31,7 @@ async def healthz(state: StateDep, request: Request) -> JSONResponse:
     """200 when the database and the broker answer (and, under ``obstacle serve``, its embedded
     worker), else 503 saying which does not; ``worker`` appears only with an embedded worker."""
     health = await run_in_threadpool(_check, state)
-    body: dict[str, Any] = health.model_dump()
+    body: dict[str, Any] = health.model_dump(exclude_none=True)
     supervisor = getattr(request.app.state, "embedded_worker", None)
     if supervisor is not None:
         body["worker"] = supervisor.health()  # kept by its watching thread: no waiting here
