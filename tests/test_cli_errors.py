@@ -172,10 +172,14 @@ def test_token_create_with_an_unreachable_database(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("OBSTACLE_VISIBILITY_TIMEOUT_S", "abc"), ("OBSTACLE_MEMORY_BUDGET", "lots")],
+    [
+        ("OBSTACLE_VISIBILITY_TIMEOUT_S", "abc"),
+        ("OBSTACLE_MEMORY_BUDGET", "lots"),
+        ("OBSTACLE_BROKER_URL", "notaurl"),  # the worker used to retry a connection forever
+    ],
 )
 def test_worker_with_a_bad_setting(variable: str, value: str, tmp_path: Path) -> None:
-    env = {variable: value, "OBSTACLE_BROKER_URL": "redis://127.0.0.1:6379/13"}
+    env = {"OBSTACLE_BROKER_URL": "redis://127.0.0.1:6379/13", variable: value}
     code, output = _obstacle("worker", env=env, cwd=tmp_path)
     _assert_refused(code, output, variable)
 

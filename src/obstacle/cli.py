@@ -67,17 +67,32 @@ def describe_error(exc: BaseException) -> str:
     kind = type(exc).__name__
     if isinstance(exc, OSError) and exc.filename is not None:
         reason = exc.strerror or str(exc)
-        return f"{exc.filename}: {reason} ({kind}). Check the path: it must name a readable file or directory as the command's help describes."
+        return (
+            f"{exc.filename}: {reason} ({kind}). Check the path: it must name a readable file "
+            "or directory as the command's help describes."
+        )
     if isinstance(exc, UnicodeDecodeError):
-        return f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start}). Check the files the command reads."
+        return (
+            f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start}). Check the "
+            "files the command reads."
+        )
     if isinstance(exc, RecursionError):
-        return "an input is nested too deeply to read (RecursionError). Check the JSON files the command reads."
+        return (
+            "an input is nested too deeply to read (RecursionError). Check the JSON files the "
+            "command reads."
+        )
     module = type(exc).__module__.split(".")[0]
     if module == "sqlalchemy":
         first = str(exc).splitlines()[0] if str(exc) else kind
-        return f"the database (OBSTACLE_DATABASE_URL) failed: {first} ({kind}). Check the URL and that the database is reachable."
+        return (
+            f"the database (OBSTACLE_DATABASE_URL) failed: {first} ({kind}). Check the URL and "
+            "that the database is reachable."
+        )
     if module in ("redis", "kombu"):
-        return f"the broker (OBSTACLE_BROKER_URL) failed: {exc} ({kind}). Check the URL and that Redis is reachable."
+        return (
+            f"the broker (OBSTACLE_BROKER_URL) failed: {exc} ({kind}). Check the URL and that "
+            "Redis is reachable."
+        )
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{kind}: {first}. Rerun with `obstacle --debug ...` for the traceback."
 

@@ -84,6 +84,16 @@ class CommonSettings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Any other text makes the worker retry a connection forever instead of saying why.
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+socket://")):
+            raise ValueError(
+                f"must be a Redis URL such as redis://host:6379/0 (or rediss://); got {value!r}."
+            )
+        return value
+
     @property
     def stall_heartbeat_s(self) -> float:
         """How often a worker touches the analysis it works on: four times per stall timeout, at
