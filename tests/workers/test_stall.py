@@ -77,3 +77,56 @@ def test_a_heartbeating_analysis_lives_and_a_silent_one_fails_within_the_timeout
     assert error is not None and "no worker made progress" in error
     assert "OBSTACLE_ANALYSIS_STALL_TIMEOUT_S" in error
     assert read["state"] == "failed" and read["errors"][-1]["message"] == error
+
+
+def test_a_queued_analysis_waits_behind_a_busy_worker_and_fails_once_no_worker_works(
+    database_url: str, redis_url: str, tmp_path: Path, tenant: Tenant, tiny_run: Path
+) -> None:
+    """A deep queue is not a stall: while a worker heartbeats another analysis the queued one is
+    left alone past the timeout; when no worker makes progress on anything, it is failed too."""
+    settings = make_settings(
+        database_url,
+        redis_url,
+        tmp_path,
+        analysis_stall_timeout_s=STALL_S,
+        checkpoints_per_task=1,
+        checkpoint_time_limit_s=1,
+        finalize_time_limit_s=1,
+    )
+    engine = create_db_engine(database_url)
+    store = ArtifactStore(settings.resolved_artifact_url)
+    ctx = jobs.Context(
+        sessions=session_factory(engine),
+        store=store,
+        run_dirs=RunDirectories(store, tmp_path / "cache"),
+        device="cpu",
+        max_attempts=2,
+        send_finalize=lambda _ident: None,
+        heartbeat_s=settings.stall_heartbeat_s,
+    )
+    try:
+        with TestClient(create_app(settings)) as client:
+            run_id = upload_run(client, tiny_run, tenant.headers)
+            ids = [
+                uuid.UUID(
+                    client.post(f"/v1/runs/{run_id}/analyses", json={}, headers=tenant.headers)
+                    .raise_for_status()
+                    .json()["id"]
+                )
+                for _ in range(2)
+            ]
+            busy, queued = ids
+            assert jobs._claim(ctx, busy, 5) == 1
+            with jobs._heartbeat(ctx, busy):
+                time.sleep(2 * STALL_S)
+                assert _state(ctx, busy) == ("running", None)
+                assert _state(ctx, queued) == ("queued", None)
+                read = client.get(f"/v1/analyses/{queued}", headers=tenant.headers).json()
+                assert read["state"] == "queued"
+            silent_at = time.monotonic()
+            while _state(ctx, queued)[0] != "failed":
+                assert time.monotonic() - silent_at < STALL_S + settings.stall_heartbeat_s + 5
+                time.sleep(0.1)
+            assert _state(ctx, busy)[0] == "failed"
+    finally:
+        engine.dispose()

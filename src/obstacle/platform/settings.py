@@ -18,9 +18,9 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
     OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis no worker has touched this long is marked
                                     failed (default 600): a worker heartbeats the analysis every
                                     min(30 s, a quarter of this) while it works on it, so a dead
-                                    worker, or none at all, is noticed in minutes. An analysis
-                                    waiting in the queue behind others this long is failed too:
-                                    raise it for deep queues
+                                    worker, or none at all, is noticed in minutes. A queued
+                                    analysis waits its turn while workers make progress on others;
+                                    it is failed only when no worker progressed on anything
 """
 
 from __future__ import annotations

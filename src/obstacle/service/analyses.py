@@ -4,7 +4,8 @@ the stalled ones.
 Stall detection: a worker touches an analysis's ``updated_at`` when it claims or finishes a
 checkpoint and, between, every ``stall_heartbeat_s`` (obstacle.workers.jobs). An analysis untouched
 for OBSTACLE_ANALYSIS_STALL_TIMEOUT_S has no live worker (it died, or none runs) and is marked
-failed with that reason: by ``StallSweeper``, which the app runs in the background four times per
+failed with that reason (a queued one only when no worker made progress on anything in that
+time: behind a busy worker it waits its turn): by ``StallSweeper``, which the app runs in the background four times per
 timeout (at most every 30 s), and on every read.
 """
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -47,13 +48,37 @@ def _stall_reason(stall_timeout_s: int) -> str:
     )
 
 
+def _workers_at_work(session: Session, cutoff: datetime) -> bool:
+    """Whether some worker made progress since ``cutoff``: it heartbeats what it runs, or it just
+    finished an analysis and is taking the next one from the queue."""
+    busy = select(Analysis.id).where(
+        or_(
+            and_(
+                Analysis.state.in_((AnalysisState.RUNNING, AnalysisState.FINALIZING)),
+                Analysis.updated_at >= cutoff,
+            ),
+            and_(Analysis.state == AnalysisState.SUCCEEDED, Analysis.finished_at >= cutoff),
+        )
+    )
+    return session.execute(busy.limit(1)).first() is not None
+
+
+def _stalled(session: Session, cutoff: datetime) -> ColumnElement[bool]:
+    """Unfinished and untouched since ``cutoff``. A queued analysis waiting behind others while
+    workers are at work is not stalled: it has no worker yet, and its turn comes."""
+    untouched = and_(Analysis.state.not_in(AnalysisState.TERMINAL), Analysis.updated_at < cutoff)
+    if _workers_at_work(session, cutoff):
+        return and_(untouched, Analysis.state != AnalysisState.QUEUED)
+    return untouched
+
+
 def fail_stalled(sessions: SessionFactory, *, stall_timeout_s: int) -> int:
-    """Mark failed every unfinished analysis untouched for ``stall_timeout_s``; how many."""
+    """Mark failed every stalled analysis (untouched for ``stall_timeout_s``); how many."""
     cutoff = utcnow() - timedelta(seconds=stall_timeout_s)
     with session_scope(sessions) as session:
         done = session.execute(
             update(Analysis)
-            .where(Analysis.state.not_in(AnalysisState.TERMINAL), Analysis.updated_at < cutoff)
+            .where(_stalled(session, cutoff))
             .values(
                 state=AnalysisState.FAILED,
                 error=_stall_reason(stall_timeout_s),
@@ -185,8 +210,11 @@ def public_analysis(
     session: Session, analysis: Analysis, *, stall_timeout_s: int
 ) -> AnalysisPublic:
     """The analysis as the API shows it; one that made no progress for too long is marked failed."""
-    if analysis.state not in AnalysisState.TERMINAL and utcnow() - analysis.updated_at > timedelta(
-        seconds=stall_timeout_s
+    cutoff = utcnow() - timedelta(seconds=stall_timeout_s)
+    if (
+        analysis.state not in AnalysisState.TERMINAL
+        and analysis.updated_at < cutoff
+        and (analysis.state != AnalysisState.QUEUED or not _workers_at_work(session, cutoff))
     ):
         reason = _stall_reason(stall_timeout_s)
         done = session.execute(
