@@ -24,6 +24,7 @@ from obstacle.battery.checkpoint import Checkpoint, load_checkpoint
 from obstacle.battery.engine import LossEngine, resolve_device
 from obstacle.battery.memory import (
     available_memory,
+    map_large_allocations,
     parse_size,
     plan_memory,
     return_freed_memory_to_the_os,
@@ -104,6 +105,7 @@ class _Session:
             budget_bytes=budget,
             budget_source=source,
         )
+        map_large_allocations(self.plan.vector_bytes)  # RSS follows the tensors the plan counts
         self.paths = dict(list_checkpoints(self.run_dir))
         if not self.paths:
             checkpoint_steps(self.run_dir)

@@ -20,6 +20,8 @@ what the battery's own tensors need. The default budget is what the device has f
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import math
 import re
@@ -35,9 +37,12 @@ from obstacle.errors import MemoryBudgetError, ParameterError
 __all__ = [
     "DEFAULT_BATCH_GRADIENT_BYTES",
     "FIXED_VECTORS",
+    "LARGE_VECTOR_BYTES",
     "MIN_PLANNED_VECTORS",
+    "MMAP_THRESHOLD_BYTES",
     "MemoryPlan",
     "available_memory",
+    "map_large_allocations",
     "parse_size",
     "plan_memory",
     "return_freed_memory_to_the_os",
@@ -107,18 +112,49 @@ def return_freed_memory_to_the_os() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    import ctypes
-    import ctypes.util
+# From this vector size the battery maps every allocation of MMAP_THRESHOLD_BYTES or more on its
+# own (glibc's M_MMAP_THRESHOLD, fixed), so a freed per-layer gradient or HVP piece leaves RSS at
+# once. Below it the heap's reuse is kept: it is fast, and small models' RSS is mostly the
+# process. Measured (bench/memory_phases.py, 25M-parameter MLP, float32): with glibc's dynamic
+# threshold the heap held ~1.4 GB of freed 25 MB layer-sized blocks during Lanczos, 15 vectors
+# above the plan; on a 4M MLP a fixed 1 MiB threshold cut the peak 1,992 -> 1,233 MiB but took
+# 8× the system time (a page fault per fresh page of every vector), so small models keep the heap.
+LARGE_VECTOR_BYTES = 64 * 2**20
+MMAP_THRESHOLD_BYTES = 4 * 2**20
+_M_MMAP_THRESHOLD = -3
 
+
+def map_large_allocations(vector_bytes: int) -> bool:
+    """For a model whose vectors are LARGE_VECTOR_BYTES or more: glibc maps blocks of
+    MMAP_THRESHOLD_BYTES and more on their own (returned to the OS when freed). Process-wide;
+    False (nothing done) for smaller models or off glibc."""
+    if vector_bytes < LARGE_VECTOR_BYTES:
+        return False
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return None
+    trim = libc.malloc_trim
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim  # type: ignore[no-any-return]
