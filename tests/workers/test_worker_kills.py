@@ -59,7 +59,7 @@ def test_sigkilled_pool_processes_lose_and_duplicate_nothing(
                 submit,
                 [5, 10, 15],
                 kills=KILLS,
-                timeout_s=300,
+                timeout_s=540,
             )
     finally:
         engine.dispose()
