@@ -119,3 +119,38 @@ def test_a_killed_embedded_worker_is_reported_within_10_s_and_restarted(
     assert serve.popen.wait(timeout=60) == 0
     with pytest.raises(ProcessLookupError):
         os.killpg(new_pid, 0)  # the restarted worker's group is gone with serve
+
+
+def _gone(pid: int, *, timeout: float) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_a_sigkilled_serve_leaves_no_worker_or_redis_behind(
+    tmp_path: Path, processes: Callable[..., Process]
+) -> None:
+    """Killed without a chance to stop its children (SIGKILL, a crash), serve must not leave a
+    headless worker taking tasks from the broker, nor a Redis holding its port and files."""
+    serve, base, worker_pid = _serve(tmp_path, processes)
+    broker = re.search(r"broker (redis://\S+) \(embedded\)", serve.text()).group(1)  # type: ignore[union-attr]
+    _wait_for_health(base, 200, timeout=90)
+
+    serve.popen.send_signal(signal.SIGKILL)  # serve alone: the worker is in its own session
+    serve.popen.wait(timeout=10)
+    assert _gone(worker_pid, timeout=30), "the embedded worker outlived a SIGKILLed serve"
+    log = serve.text()
+    assert f"its supervisor (obstacle serve, pid {serve.popen.pid}) is gone" in log, log[-3000:]
+    with pytest.raises(redis.exceptions.ConnectionError):
+        for _ in range(50):  # SIGTERM from the kernel when serve died; it exits at once
+            redis.Redis.from_url(broker, socket_connect_timeout=1).ping()
+            time.sleep(0.1)

@@ -27,10 +27,23 @@ import redis
 
 from obstacle.platform.celery_app import create_celery, ping_workers
 from obstacle.platform.settings import CommonSettings, ConfigurationError
+from obstacle.workers.launch import SUPERVISOR_PID_ENV
 
 __all__ = ["EmbeddedRedis", "EmbeddedWorker", "free_port"]
 
 logger = logging.getLogger("obstacle.service")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a
+    SIGKILLed serve leaves no Redis holding its port and append-only file. Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -73,7 +86,11 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", "redis.log",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        # Started from serve's main thread, which lives as long as serve: the death signal fires
+        # only when serve is gone.
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
@@ -138,6 +155,8 @@ class EmbeddedWorker:
             "OBSTACLE_DATABASE_URL": settings.resolved_database_url,
             "OBSTACLE_BROKER_URL": settings.require_broker_url(),
             "OBSTACLE_ARTIFACT_URL": settings.resolved_artifact_url,
+            # It stops on its own if serve dies without stopping it (SIGKILL, a crash).
+            SUPERVISOR_PID_ENV: str(os.getpid()),
         }
         self.command = [sys.executable, "-m", "obstacle.workers", "--concurrency", str(processes)]
         self.celery = create_celery(settings)

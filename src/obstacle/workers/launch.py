@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from types import FrameType
 
 from obstacle.errors import DeviceError
@@ -13,7 +15,36 @@ from obstacle.platform.celery_app import QUEUE
 from obstacle.workers.runtime import visible_gpus
 from obstacle.workers.settings import WorkerSettings
 
-__all__ = ["run_worker"]
+__all__ = ["SUPERVISOR_PID_ENV", "run_worker"]
+
+#: Set by ``obstacle serve`` for the worker it supervises: the worker stops when that process is gone.
+SUPERVISOR_PID_ENV = "OBSTACLE_SUPERVISOR_PID"
+
+
+def _stop_when_orphaned(poll_s: float = 1.0) -> None:
+    """A worker started by ``obstacle serve`` runs in its own session, so it outlives a serve that
+    was SIGKILLed or crashed; left alone it would go on taking tasks with nobody watching it (and
+    holding its GPU). When its parent is no longer that serve, it shuts down warm: it takes no new
+    task, and one in flight is finished or, if it is killed first, redelivered to another worker."""
+    value = os.environ.get(SUPERVISOR_PID_ENV)
+    if not value or not value.isdigit():
+        return
+    supervisor = int(value)
+    if os.getppid() != supervisor:  # started by hand with the variable set: not supervised
+        return
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(poll_s)
+        print(
+            f"obstacle: worker: its supervisor (obstacle serve, pid {supervisor}) is gone; "
+            "stopping (warm shutdown)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def _celery_args(*, pool: str, concurrency: int, loglevel: str, name: str) -> list[str]:
@@ -34,6 +65,7 @@ def run_worker(
 ) -> int:
     """Run until stopped; returns the exit status."""
     settings.require_broker_url()
+    _stop_when_orphaned()
     gpus = visible_gpus() if settings.device != "cpu" else []
     if settings.device == "cuda" and not gpus:
         raise DeviceError(
