@@ -47,9 +47,15 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
 
 
-def _rows(sessions: SessionFactory) -> list[CheckpointResult]:
+def _rows(sessions: SessionFactory, analyses: list[uuid.UUID]) -> list[CheckpointResult]:
+    """The step rows of ``analyses`` only: the database may be shared with other tests, whose rows
+    (a step left running by a worker another test killed) must not be taken for ours."""
     with sessions() as session:
-        return list(session.scalars(select(CheckpointResult)))
+        return list(
+            session.scalars(
+                select(CheckpointResult).where(CheckpointResult.analysis_id.in_(analyses))
+            )
+        )
 
 
 def _finished(sessions: SessionFactory, analyses: list[uuid.UUID]) -> bool:
@@ -78,7 +84,7 @@ def kill_during_analyses(
     while killed < kills and time.monotonic() < deadline:
         if _finished(sessions, analyses):
             analyses.append(submit())
-        running = [r for r in _rows(sessions) if r.state == "running"]
+        running = [r for r in _rows(sessions, analyses) if r.state == "running"]
         pool = children(worker_pid)
         if not running or not pool:
             time.sleep(0.05)
