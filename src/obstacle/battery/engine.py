@@ -173,13 +173,19 @@ class LossEngine:
         )
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """Views of θ shaped as the model's parameters (gradients flow back to θ)."""
-        out: dict[str, Tensor] = {}
-        offset = 0
-        for name, shape, n in zip(self.names, self.shapes, self.numels, strict=True):
-            out[name] = theta[offset : offset + n].view(shape)
-            offset += n
-        return out
+        """Views of θ shaped as the model's parameters (gradients flow back to θ).
+
+        One ``split``, not a slice per parameter: a slice's backward writes a zero-filled vector
+        of θ's size for each parameter and autograd sums them, while ``split``'s backward writes
+        the parameters' gradients into one. On a 25M-parameter, 8-tensor MLP an HVP took 252 ms
+        instead of 552 (most of it the kernel faulting in the fresh zero pages) and peaked 1.3
+        vectors lower.
+        """
+        pieces = theta.split(self.numels)
+        return {
+            name: piece.view(shape)
+            for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)
+        }
 
     def _cast(self, tensor: Tensor) -> torch.dtype:
         return self.dtype if tensor.is_floating_point() else tensor.dtype

@@ -125,6 +125,12 @@ class CheckpointContext:
                 self._grad = (self._hessian.loss, self._hessian.gradient)
         return self._hessian
 
+    def release_batch_gradients(self) -> None:
+        """Drop the cached per-batch gradients (K vectors of θ's size when the plan let them all
+        be held) before a phase that holds many vectors of its own; they are a cache, computed
+        again if a later quantity asks (the K×K Gram matrix stays)."""
+        self._batch = None
+
     def release(self) -> None:
         """Drop the cached graph (it holds activations) once the checkpoint is done."""
         self._hessian = None

@@ -115,6 +115,9 @@ class NegativeCurvature(Quantity):
             low=MIN_VECTORS,
         )
         kind, hyper = _optimizer(ctx)
+        # Lanczos holds its basis (``vectors`` of θ's size): the noise and curvature quantities'
+        # per-batch gradients need not be held beside it (8 vectors of a 4M-parameter MLP).
+        ctx.release_batch_gradients()
         op = ctx.hessian()
         record = _empty_record(kind, ctx.lr)
         if not math.isfinite(op.loss):
