@@ -181,7 +181,7 @@ class LossEngine:
         instead of 552 (most of it the kernel faulting in the fresh zero pages) and peaked 1.3
         vectors lower.
         """
-        pieces = theta.split(self.numels)
+        pieces = torch.split(theta, self.numels)
         return {
             name: piece.view(shape)
             for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)
