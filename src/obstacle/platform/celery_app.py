@@ -21,6 +21,7 @@ __all__ = [
     "ANALYZE_CHECKPOINTS",
     "FINALIZE_ANALYSIS",
     "QUEUE",
+    "SUPERVISOR_PID_ENV",
     "create_celery",
     "ping_workers",
     "transport_options",
@@ -29,6 +30,9 @@ __all__ = [
 ANALYZE_CHECKPOINTS = "obstacle.analyze_checkpoints"
 FINALIZE_ANALYSIS = "obstacle.finalize_analysis"
 QUEUE = "obstacle"
+
+#: Set by ``obstacle serve`` for the worker it supervises: the worker stops when that process is gone.
+SUPERVISOR_PID_ENV = "OBSTACLE_SUPERVISOR_PID"
 
 
 def transport_options(settings: CommonSettings) -> dict[str, object]:

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import redis
 
-from obstacle.platform.celery_app import create_celery, ping_workers
+from obstacle.platform.celery_app import SUPERVISOR_PID_ENV, create_celery, ping_workers
 from obstacle.platform.settings import CommonSettings, ConfigurationError
-from obstacle.workers.launch import SUPERVISOR_PID_ENV
 
 __all__ = ["EmbeddedRedis", "EmbeddedWorker", "free_port"]
 

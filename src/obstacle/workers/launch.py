@@ -11,14 +11,11 @@ import time
 from types import FrameType
 
 from obstacle.errors import DeviceError
-from obstacle.platform.celery_app import QUEUE
+from obstacle.platform.celery_app import QUEUE, SUPERVISOR_PID_ENV
 from obstacle.workers.runtime import visible_gpus
 from obstacle.workers.settings import WorkerSettings
 
-__all__ = ["SUPERVISOR_PID_ENV", "run_worker"]
-
-#: Set by ``obstacle serve`` for the worker it supervises: the worker stops when that process is gone.
-SUPERVISOR_PID_ENV = "OBSTACLE_SUPERVISOR_PID"
+__all__ = ["run_worker"]
 
 
 def _stop_when_orphaned(poll_s: float = 1.0) -> None:
