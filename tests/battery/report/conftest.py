@@ -92,6 +92,13 @@ def _verdict_saddle() -> dict[str, Any]:
                         "value": -0.0075,
                     },
                     {
+                        "test": "lanczos",
+                        "statement": "lr·λmax = 3.1 at step 300, 1.6× the optimizer's stability "
+                        "threshold 2",
+                        "value": 1.55,
+                        "unit": "ratio",
+                    },
+                    {
                         "test": "gradient_norm",
                         "statement": "gradient norm 2.1e-4 on a loss plateau at 0.693",
                         "value": 0.00021,
@@ -110,6 +117,7 @@ def _verdict_saddle() -> dict[str, Any]:
                         "statement": "34% of minibatch steps go uphill while the full step "
                         "descends",
                         "value": 0.34,
+                        "unit": "fraction",
                     }
                 ],
                 "suggestion": "increase the batch size or decay the learning rate",

@@ -96,8 +96,10 @@ def test_verdict_comes_first_with_its_evidence(saddle_page: tuple[Report, str]) 
     primary = verdict["obstacles"][0]
     for evidence in primary["evidence"]:
         assert evidence["statement"] in text
-        assert format_number(evidence["value"]) in text
+        if "unit" not in evidence:
+            assert format_number(evidence["value"]) in text
     assert primary["suggestion"] in text
+
     for ruled_out in verdict["ruled_out"]:
         assert ruled_out["reason"] in text
         assert ruled_out["kind"] in text
@@ -105,6 +107,16 @@ def test_verdict_comes_first_with_its_evidence(saddle_page: tuple[Report, str]) 
     assert "Gradient noise" in text and "31%" in text and other["suggestion"] in text
     # the verdict precedes the plots, which precede the table
     assert html.index('id="primary"') < html.index('id="plots"') < html.index('id="checkpoints"')
+
+
+def test_evidence_values_read_as_their_sentences_do(saddle_page: tuple[Report, str]) -> None:
+    """A fraction is a percentage and a ratio a multiple in the evidence table and lists, as in
+    the sentence beside it; a value without a unit is a plain number."""
+    _, html = saddle_page
+    text = text_of(html)
+    assert "1.6×" in text and "1.55" not in text  # ratio
+    assert "(34%)" in text and "(0.34)" not in text  # fraction, in the other obstacles' list
+    assert format_number(-0.0075) in text  # no unit: as measured
 
 
 def test_plots_are_inline_png_data_uris_with_captions(saddle_page: tuple[Report, str]) -> None:

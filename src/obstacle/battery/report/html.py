@@ -30,7 +30,7 @@ from obstacle.battery.report.plots import (
     png_bytes,
     select_saddle_checkpoint,
 )
-from obstacle.battery.verdict.numbers import percent
+from obstacle.battery.verdict.numbers import percent, times
 from obstacle.errors import InputError
 
 __all__ = ["LABELS", "PLOTS", "render_html", "render_report"]
@@ -219,6 +219,17 @@ def _when(record: Mapping[str, Any]) -> str:
     return f"steps {start}–{end}{cost}" + (f"; {ended}" if ended else "")
 
 
+def _evidence_value(value: Any, unit: Any) -> str:
+    """An evidence line's value as its sentence writes it: a fraction as a percentage, a ratio as
+    a multiple (reports written before units were recorded: a plain number)."""
+    number = _number(value)
+    if number is not None and unit == "fraction":
+        return percent(number)
+    if number is not None and unit == "ratio":
+        return times(number)
+    return format_number(value)
+
+
 def _obstacle(record: Any) -> dict[str, Any]:
     return {
         "kind": record.get("kind") if isinstance(record.get("kind"), str) else "",
@@ -231,7 +242,7 @@ def _obstacle(record: Any) -> dict[str, Any]:
             {
                 "test": str(e.get("test") or ""),
                 "statement": str(e.get("statement") or ""),
-                "value": format_number(e.get("value")),
+                "value": _evidence_value(e.get("value"), e.get("unit")),
             }
             for e in _list(record.get("evidence"))
             if isinstance(e, Mapping)

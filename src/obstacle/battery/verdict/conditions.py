@@ -44,6 +44,9 @@ class Condition:
     value: float | None = None
     threshold: float | None = None
     margin: float = 1.0
+    unit: str = ""
+    """How ``value`` reads: ``fraction`` (as a percentage), ``ratio`` (as a multiple), or a plain
+    number."""
 
     def as_dict(self) -> dict[str, Any]:
         value = self.value if self.value is not None and finite(self.value) else None
@@ -55,6 +58,7 @@ class Condition:
             "value": value,
             "threshold": self.threshold,
             "margin": round(self.margin, 3),
+            "unit": self.unit,
         }
 
 
@@ -107,6 +111,7 @@ class Finding:
                 "test": c.test,
                 "statement": c.statement,
                 "value": c.as_dict()["value"],
+                "unit": c.unit,
                 "condition": c.name,
             }
             for c in self.conditions

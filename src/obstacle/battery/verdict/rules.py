@@ -72,7 +72,9 @@ def _stalled(ctx: Context) -> Condition:
         statement = (
             f"the loss is still falling: {w.trend.describe()} (a plateau is below {percent(limit)})"
         )
-    return Condition("loss_stalled", w.stalled, statement, "loss", w.trend.decrease_rel, limit)
+    return Condition(
+        "loss_stalled", w.stalled, statement, "loss", w.trend.decrease_rel, limit, unit="fraction"
+    )
 
 
 def _full_step_descends(ctx: Context, otherwise: str) -> Condition:
@@ -145,6 +147,7 @@ class Divergence(Rule):
                         math.log10(t.explosion_ratio),
                         math.log10(10 * t.explosion_ratio),
                     ),
+                    unit="ratio",
                 )
             )
         else:
@@ -162,6 +165,7 @@ class Divergence(Rule):
                     "loss",
                     ratio,
                     t.explosion_ratio,
+                    unit="ratio",
                 )
             )
             return
@@ -228,6 +232,7 @@ class Overfitting(Rule):
                 rise,
                 t.validation_rise,
                 ramp(rise, t.validation_rise, 4 * t.validation_rise),
+                unit="fraction",
             )
         )
 
@@ -344,6 +349,7 @@ class SaddlePoint(Rule):
                 )
                 if finite(gain) and gain > 0
                 else 1.0,
+                unit="fraction",
             )
         ):
             return
@@ -497,6 +503,7 @@ class PoorConditioning(Rule):
                 worst,
                 t.edge_of_stability,
                 ramp(worst, t.edge_of_stability, 1.5),
+                unit="ratio",
             )
         ):
             return
@@ -528,6 +535,7 @@ class PoorConditioning(Rule):
                 full_up,
                 t.full_step_uphill_fraction,
                 (float(full_uphill) + float(bouncing) + float(w.stalled)) / 3 if held else 0.0,
+                unit="fraction",
             )
         )
         if held:
@@ -594,6 +602,7 @@ class GradientNoise(Rule):
                     if batch_noisy
                     else 0.0,
                 ),
+                unit="" if batch_noisy else "fraction",
             )
         ):
             return
@@ -626,6 +635,7 @@ class GradientNoise(Rule):
                 "steps",
                 signal,
                 t.noise_signal,
+                unit="ratio",
             )
         ):
             return
@@ -640,6 +650,7 @@ class GradientNoise(Rule):
                 "gradient",
                 gain,
                 t.critical_gain_rel,
+                unit="fraction",
             )
         ):
             return
@@ -717,7 +728,9 @@ class NoCriticalPoint(Rule):
                 + f" (no critical point needs steady growth of {percent(t.norm_growth)} or more while the loss creeps down)"
             )
         if not ev.check(
-            Condition("norm_grows", grows, statement, "gradient", growth, t.norm_growth)
+            Condition(
+                "norm_grows", grows, statement, "gradient", growth, t.norm_growth, unit="fraction"
+            )
         ):
             return
         cos = facts.checkpoints[-1].grad_param_cosine
@@ -753,6 +766,7 @@ class NoCriticalPoint(Rule):
                 fade,
                 t.curvature_fade,
                 ramp(1 - fade, 1 - t.curvature_fade, 0.9),
+                unit="fraction",
             )
         )
         if fading:
