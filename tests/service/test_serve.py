@@ -33,27 +33,43 @@ def _wait_for_health(base: str, status: int, *, timeout: float) -> httpx.Respons
     raise AssertionError(f"/healthz did not answer {status} within {timeout} s; saw {seen[-3:]}")
 
 
-def _serve(tmp_path: Path, processes: Callable[..., Process]) -> tuple[Process, str, int]:
+def _gone(pid: int, *, timeout: float) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _serve_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBSTACLE_")}
     env["OBSTACLE_DEVICE"] = "cpu"
-    serve = processes([*OBSTACLE_CLI, "serve", "--port", "0"], env, "serve", cwd=tmp_path)
+    return env
+
+
+def _serve(tmp_path: Path, processes: Callable[..., Process]) -> tuple[Process, str, int, str]:
+    """``obstacle serve`` with no configuration: (process, API base URL, worker pid, broker URL),
+    once it says where it listens."""
+    serve = processes([*OBSTACLE_CLI, "serve", "--port", "0"], _serve_env(), "serve", cwd=tmp_path)
     line = serve.wait_for(r"API listening on .*", timeout=90).group(0)
     base = re.search(r"http://[0-9.]+:\d+", line).group(0)  # type: ignore[union-attr]
     worker_pid = int(re.search(r"worker pid (\d+)", line).group(1))  # type: ignore[union-attr]
-    return serve, base, worker_pid
+    broker = re.search(r"broker (redis://\S+) \(embedded\)", line).group(1)  # type: ignore[union-attr]
+    return serve, base, worker_pid, broker
 
 
 @pytest.mark.slow
 def test_serve_runs_the_embedded_stack_and_stops_all_of_it(
     tmp_path: Path, processes: Callable[..., Process]
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSTACLE_")}
-    env["OBSTACLE_DEVICE"] = "cpu"
-    serve = processes([*OBSTACLE_CLI, "serve", "--port", "0"], env, "serve", cwd=tmp_path)
-    line = serve.wait_for(r"API listening on .*", timeout=90).group(0)
-    base = re.search(r"http://[0-9.]+:\d+", line).group(0)  # type: ignore[union-attr]
-    broker = re.search(r"broker (redis://\S+) \(embedded\)", line).group(1)  # type: ignore[union-attr]
-    worker_pid = int(re.search(r"worker pid (\d+)", line).group(1))  # type: ignore[union-attr]
+    serve, base, worker_pid, broker = _serve(tmp_path, processes)
+    line = serve.wait_for(r"API listening on .*", timeout=1).group(0)
     assert "database sqlite:///" in line and str(tmp_path / "obstacle-data") in line
 
     health = _wait_for_health(base, 200, timeout=90)
@@ -61,7 +77,7 @@ def test_serve_runs_the_embedded_stack_and_stops_all_of_it(
 
     created = subprocess.run(
         [*OBSTACLE_CLI, "token", "create", "--project", "laptop"],
-        env=env,
+        env=_serve_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -77,14 +93,7 @@ def test_serve_runs_the_embedded_stack_and_stops_all_of_it(
 
     serve.popen.send_signal(signal.SIGTERM)
     assert serve.popen.wait(timeout=60) == 0
-    for _ in range(50):
-        try:
-            os.kill(worker_pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the worker outlived `obstacle serve`")
+    assert _gone(worker_pid, timeout=5), "the worker outlived `obstacle serve`"
     with pytest.raises(redis.exceptions.ConnectionError):
         redis.Redis.from_url(broker, socket_connect_timeout=1).ping()
 
@@ -93,7 +102,7 @@ def test_serve_runs_the_embedded_stack_and_stops_all_of_it(
 def test_a_killed_embedded_worker_is_reported_within_10_s_and_restarted(
     tmp_path: Path, processes: Callable[..., Process]
 ) -> None:
-    serve, base, worker_pid = _serve(tmp_path, processes)
+    serve, base, worker_pid, _ = _serve(tmp_path, processes)
     _wait_for_health(base, 200, timeout=90)
 
     os.killpg(
@@ -121,28 +130,13 @@ def test_a_killed_embedded_worker_is_reported_within_10_s_and_restarted(
         os.killpg(new_pid, 0)  # the restarted worker's group is gone with serve
 
 
-def _gone(pid: int, *, timeout: float) -> bool:
-    """Whether ``pid`` exits (or is a zombie) within ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.2)
-    return False
-
-
 @pytest.mark.slow
 def test_a_sigkilled_serve_leaves_no_worker_or_redis_behind(
     tmp_path: Path, processes: Callable[..., Process]
 ) -> None:
     """Killed without a chance to stop its children (SIGKILL, a crash), serve must not leave a
     headless worker taking tasks from the broker, nor a Redis holding its port and files."""
-    serve, base, worker_pid = _serve(tmp_path, processes)
-    broker = re.search(r"broker (redis://\S+) \(embedded\)", serve.text()).group(1)  # type: ignore[union-attr]
+    serve, base, worker_pid, broker = _serve(tmp_path, processes)
     _wait_for_health(base, 200, timeout=90)
 
     serve.popen.send_signal(signal.SIGKILL)  # serve alone: the worker is in its own session
