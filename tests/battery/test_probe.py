@@ -22,7 +22,7 @@ import obstacle
 from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST
 from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.engine import LossEngine
-from obstacle.errors import ProbeError
+from obstacle.errors import ParameterError, ProbeError
 
 ROUND_TRIP_RTOL = 1e-10
 FD_RTOL = 1e-6
@@ -113,6 +113,36 @@ def test_hvp_agrees_with_finite_differences_and_forward_over_reverse(
     _, g_minus = engine.loss_and_grad(theta - h * v)
     assert _rel(hv, (g_plus - g_minus) / (2 * h)) <= FD_RTOL
     assert _rel(engine.hvp_forward_over_reverse(theta, v), hv) <= ROUND_TRIP_RTOL
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_hessian_operator_runs_batch_by_batch_into_its_output(
+    name: str, saved_runs: dict[str, Path]
+) -> None:
+    # The operator keeps one graph per probe batch and frees each batch's gradient values: its
+    # products must still be those of the whole probe's Hessian, called again and again, and
+    # ``out=`` must receive them in place.
+    run = saved_runs[name]
+    probe = obstacle.Probe.load(run)
+    engine = LossEngine.create(probe, dtype="float64")
+    theta = engine.flatten(
+        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
+    )
+    v = load_file(str(run / "ref.safetensors"))["v"]
+    op = engine.hessian_operator(theta)
+    loss, grad = engine.loss_and_grad(theta)
+    assert op.loss == pytest.approx(loss, rel=1e-12)
+    assert _rel(op.gradient, grad) <= 1e-12
+    first = op(v)
+    out = torch.full_like(v, float("nan"))  # zeroed by the operator, not assumed zero
+    returned = op(v, out=out)
+    assert returned is out and _rel(out, first) <= 1e-12
+    per_batch = sum(engine.hessian_operator(theta, k)(v) for k in range(engine.num_batches))
+    assert _rel(first, per_batch / engine.num_batches) <= 1e-12
+    with pytest.raises(ParameterError, match="must not share memory"):
+        op(v, out=v)
+    with pytest.raises(ParameterError, match="float64 vector"):
+        op(v.float())
 
 
 def test_probe_batch_dimension_is_dynamic(saved_runs: dict[str, Path]) -> None:

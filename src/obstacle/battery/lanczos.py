@@ -45,7 +45,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -57,6 +57,17 @@ from obstacle.battery.reduce import BLOCK_BYTES, dot64, gram64, norm64
 from obstacle.errors import ConvergenceWarning, ParameterError
 
 Operator = Callable[[Tensor], Tensor]
+
+
+class OutOperator(Protocol):
+    """An operator that can write H·v into a given vector (``supports_out = True``), as
+    :class:`~obstacle.battery.engine.HessianOperator` does: Lanczos then passes the basis row the
+    next vector will occupy, and holds no vector beside its basis."""
+
+    supports_out: bool
+
+    def __call__(self, v: Tensor, out: Tensor | None = None) -> Tensor: ...
+
 
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 300
@@ -267,6 +278,7 @@ def lanczos(
         dim, start_vectors=start_vectors, generator=generator, dtype=dtype, device=dev
     )
     krylov = _KrylovSchur(matvec, start, max_vectors=max_vectors, which=which)
+    del start  # copied into the basis: holding it would add a vector for the whole run
     eps = float(torch.finfo(dtype).eps)
     lo = hi = math.nan
     s_lo = s_hi = np.ones(1)
@@ -373,9 +385,15 @@ class _KrylovSchur:
         """One operator call on q: T grows by a row and column; returns β = ‖residual‖."""
         j = self.size
         q = self._rows[j]
-        w = self.matvec(q).reshape(-1).to(q.dtype)
-        if w.untyped_storage().data_ptr() == self._rows.untyped_storage().data_ptr():
-            w = w.clone()  # an operator that hands back its input: w is updated in place below
+        if getattr(self.matvec, "supports_out", False):
+            # H·q straight into the row the next vector will occupy (expand runs only while one
+            # is free): no vector-sized buffer beside the basis.
+            w = self._rows[j + 1]
+            cast(OutOperator, self.matvec)(q, out=w)
+        else:
+            w = self.matvec(q).reshape(-1).to(q.dtype)
+            if w.untyped_storage().data_ptr() == self._rows.untyped_storage().data_ptr():
+                w = w.clone()  # an operator that hands back its input: w is updated in place below
         self.matvecs += 1
         alpha = dot64(q, w)
         # Vᵀ·H·q = b in exact arithmetic: subtract it, then reorthogonalize against V and q (one
@@ -405,7 +423,7 @@ class _KrylovSchur:
         self.alphas.append(alpha)
         self.betas.append(beta)
         if self.size < self.dim and math.isfinite(beta) and beta > 0:
-            torch.div(w, beta, out=self._rows[self.size])
+            torch.div(w, beta, out=self._rows[self.size])  # in place when w is that row
         return beta
 
     def _eigh(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -510,6 +528,7 @@ __all__ = [
     "LanczosProcess",
     "LanczosResult",
     "Operator",
+    "OutOperator",
     "extreme_ritz",
     "lanczos",
     "start_vector",
