@@ -6,10 +6,12 @@ central finite differences of the gradient ≤ 1e-6 relative (truncation error O
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,26 @@ def test_hessian_operator_runs_batch_by_batch_into_its_output(
         op(v, out=v)
     with pytest.raises(ParameterError, match="float64 vector"):
         op(v.float())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_dropped_hessian_operator_frees_its_graph_and_parameters(
+    name: str, saved_runs: dict[str, Path]
+) -> None:
+    # A graph that held itself (a node saving its own output, through a saved-tensor hook) kept
+    # every checkpoint's θ and graph alive for the whole analysis: one more θ per checkpoint.
+    run = saved_runs[name]
+    probe = obstacle.Probe.load(run)
+    engine = LossEngine.create(probe, dtype="float64")
+    theta = engine.flatten(
+        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
+    )
+    op = engine.hessian_operator(theta)
+    op(torch.ones_like(theta))
+    leaves = [weakref.ref(p) for p in op.params]
+    del op
+    gc.collect()
+    assert all(ref() is None for ref in leaves)
 
 
 def test_probe_batch_dimension_is_dynamic(saved_runs: dict[str, Path]) -> None:

@@ -309,7 +309,8 @@ class LossEngine:
           product, measured on an MLP with K = 1, 2, 4, 8 batches; one batch at a time, 1½.
         - The graph keeps each batch's gradient tensors only as the roots of its backward; their
           values are in the total, so their storage is released (as FSDP releases gathered
-          parameters) unless the graph itself saved that storage for the backward.
+          parameters) unless the graph saved that storage for the products (the roots are made
+          by the first backward, so that backward's saved tensors are the ones checked).
         """
         params = {
             name: view.detach().requires_grad_(True)
@@ -329,19 +330,25 @@ class LossEngine:
             saved: set[int] = set()
 
             def pack(t: Tensor, saved: set[int] = saved) -> Tensor:
+                # What the gradient's own graph keeps for the products: its storage is not ours
+                # to free. Detached: a node that saves its own output would otherwise hold itself
+                # (a cycle through C++ that Python's collector cannot see: every checkpoint's θ
+                # and graph stayed alive, measured). Products never differentiate these values.
                 saved.add(t.untyped_storage().data_ptr())
-                return t
+                return t.detach()
 
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.enable_grad():
                 loss = self._call(params, self.batches[k]) * weight
-                grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             value += float(loss.detach())
             kept, which = [], []
             for i, g in enumerate(grads):
                 if g is None:  # a parameter this batch does not use: no second-order term either
                     continue
                 pieces[i].add_(g.detach())
-                _release(g, saved)
+                if saved:  # no hook ran: nothing proves a root unsaved, so none is freed
+                    _release(g, saved)
                 kept.append(g)
                 which.append(i)
             roots.append((kept, which))

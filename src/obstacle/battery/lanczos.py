@@ -472,8 +472,7 @@ class _KrylovSchur:
         """V·s, normalized."""
         basis = self._rows[: self.size]
         y = basis.T @ torch.as_tensor(s, dtype=basis.dtype, device=basis.device)
-        unit: Tensor = y / norm64(y)
-        return unit
+        return y.div_(norm64(y))  # in place: the basis is still held
 
 
 def _combine_rows(rows: Tensor, s: np.ndarray[Any, Any], m: int) -> None:
