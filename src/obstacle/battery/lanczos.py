@@ -479,9 +479,19 @@ def _combine_rows(rows: Tensor, s: np.ndarray[Any, Any], m: int) -> None:
     """rows[:k] ← Sᵀ·rows[:m] in place, column block by column block (k ≤ m), in float64."""
     st = torch.as_tensor(s.T, dtype=torch.float64, device=rows.device)
     k = st.shape[0]
-    step = max(1024, BLOCK_BYTES // (8 * (m + k)))
-    for i in range(0, rows.shape[1], step):
-        rows[:k, i : i + step] = (st @ rows[:m, i : i + step].double()).to(rows.dtype)
+    n = rows.shape[1]
+    step = min(n, max(1024, BLOCK_BYTES // (8 * (m + k))))
+    # Float64 blocks allocated once and reused (see obstacle.battery.reduce.gram64: a fresh
+    # block per step paid its page faults every time).
+    source = torch.empty(m, step, dtype=torch.float64, device=rows.device)
+    target = torch.empty(k, step, dtype=torch.float64, device=rows.device)
+    for i in range(0, n, step):
+        width = min(step, n - i)
+        block = source[:, :width]
+        block.copy_(rows[:m, i : i + width])
+        combined = target[:, :width]
+        torch.mm(st, block, out=combined)
+        rows[:k, i : i + width].copy_(combined)
 
 
 def _non_finite(

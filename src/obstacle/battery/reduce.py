@@ -15,7 +15,9 @@ from torch import Tensor
 
 __all__ = ["BLOCK_BYTES", "dot64", "gram64", "norm64"]
 
-BLOCK_BYTES = 32 * 2**20
+# A float64 block of each operand: measured 0.42 s at 8 MiB, 0.44 s at 2, 0.64 s at 32 for the
+# Gram of 24 rows against one vector of 25M entries (AMD EPYC, reused blocks).
+BLOCK_BYTES = 8 * 2**20
 
 
 def gram64(a: Tensor, b: Tensor) -> Tensor:
@@ -26,9 +28,20 @@ def gram64(a: Tensor, b: Tensor) -> Tensor:
         out = a @ b2.T
     else:
         out = torch.zeros(a.shape[0], b2.shape[0], dtype=torch.float64, device=a.device)
-        step = max(1024, BLOCK_BYTES // (8 * max(a.shape[0], b2.shape[0], 1)))
-        for i in range(0, a.shape[1], step):
-            out += a[:, i : i + step].double() @ b2[:, i : i + step].double().T
+        n = a.shape[1]
+        step = min(n, max(1024, BLOCK_BYTES // (8 * max(a.shape[0], b2.shape[0], 1))))
+        # One float64 block of each operand, reused: a fresh block per step was a fresh mapping
+        # (glibc maps blocks over its threshold, and the battery fixes it at 4 MiB for large
+        # models), so every block paid its page faults: 4.0 s against 0.4 s for a 24-row Gram
+        # against one 25M-entry vector (AMD EPYC), most of Lanczos' system time.
+        a64 = torch.empty(a.shape[0], step, dtype=torch.float64, device=a.device)
+        b64 = torch.empty(b2.shape[0], step, dtype=torch.float64, device=a.device)
+        for i in range(0, n, step):
+            width = min(step, n - i)
+            ab, bb = a64[:, :width], b64[:, :width]
+            ab.copy_(a[:, i : i + width])
+            bb.copy_(b2[:, i : i + width])
+            out.addmm_(ab, bb.T)
     return out[:, 0] if vector else out
 
 
