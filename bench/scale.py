@@ -462,6 +462,7 @@ def write_section(path: Path, title: str, body: str) -> None:
                 sections[current] = ""
             elif current is not None:
                 sections[current] += line
+    sections = {t: "\n" + s.strip() + "\n\n" for t, s in sections.items()}
     sections[title] = "\n" + body.strip() + "\n\n"
     header = "# bench/scale.py — the battery's peak RSS and overhead against model size\n\n"
     path.write_text(
@@ -544,7 +545,10 @@ def main() -> None:
             for target in targets:
                 n, results = measure(FAMILIES[name], target, args, iters)
                 pairs.append((name, n, results))
-        title = f"Peak RSS against lanczos_max_iter {iters[0]} and {iters[1]}"
+        title = (
+            f"Peak RSS against lanczos_max_iter {iters[0]} and {iters[1]}: "
+            f"{' '.join(args.models)} × {' '.join(args.sizes)}"
+        )
         table = compare_table(pairs, iters)
     else:
         rows = []
@@ -552,7 +556,7 @@ def main() -> None:
             for target in targets:
                 n, (result,) = measure(FAMILIES[name], target, args, [args.lanczos_max_iter])
                 rows.append((name, n, result))
-        title = "Grid"
+        title = f"Grid: {' '.join(args.models)} × {' '.join(args.sizes)}"  # one section per grid
         table = grid_table(rows)
     elapsed = time.perf_counter() - started
     print("\n" + table)
