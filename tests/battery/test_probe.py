@@ -98,17 +98,21 @@ def test_round_trip_in_a_fresh_process_matches_eager_model(saved_runs: dict[str,
             assert err[what] <= ROUND_TRIP_RTOL, f"{name}: {what} relative error {err[what]:.2e}"
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_hvp_agrees_with_finite_differences_and_forward_over_reverse(
-    name: str, saved_runs: dict[str, Path]
-) -> None:
-    run = saved_runs[name]
+def _bound(run: Path) -> tuple[LossEngine, torch.Tensor, torch.Tensor]:
+    """The run's probe bound in float64, θ of its first checkpoint, and its reference vector v."""
     probe = obstacle.Probe.load(run)
     engine = LossEngine.create(probe, dtype="float64")
     theta = engine.flatten(
         load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
     )
-    v = load_file(str(run / "ref.safetensors"))["v"]
+    return engine, theta, load_file(str(run / "ref.safetensors"))["v"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_hvp_agrees_with_finite_differences_and_forward_over_reverse(
+    name: str, saved_runs: dict[str, Path]
+) -> None:
+    engine, theta, v = _bound(saved_runs[name])
     hv = engine.hessian_operator(theta)(v)
     h = 1e-5
     _, g_plus = engine.loss_and_grad(theta + h * v)
@@ -124,13 +128,7 @@ def test_hessian_operator_runs_batch_by_batch_into_its_output(
     # The operator keeps one graph per probe batch and frees each batch's gradient values: its
     # products must still be those of the whole probe's Hessian, called again and again, and
     # ``out=`` must receive them in place.
-    run = saved_runs[name]
-    probe = obstacle.Probe.load(run)
-    engine = LossEngine.create(probe, dtype="float64")
-    theta = engine.flatten(
-        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
-    )
-    v = load_file(str(run / "ref.safetensors"))["v"]
+    engine, theta, v = _bound(saved_runs[name])
     op = engine.hessian_operator(theta)
     loss, grad = engine.loss_and_grad(theta)
     assert op.loss == pytest.approx(loss, rel=1e-12)
@@ -153,12 +151,7 @@ def test_a_dropped_hessian_operator_frees_its_graph_and_parameters(
 ) -> None:
     # A graph that held itself (a node saving its own output, through a saved-tensor hook) kept
     # every checkpoint's θ and graph alive for the whole analysis: one more θ per checkpoint.
-    run = saved_runs[name]
-    probe = obstacle.Probe.load(run)
-    engine = LossEngine.create(probe, dtype="float64")
-    theta = engine.flatten(
-        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
-    )
+    engine, theta, _ = _bound(saved_runs[name])
     op = engine.hessian_operator(theta)
     op(torch.ones_like(theta))
     leaves = [weakref.ref(p) for p in op.params]
@@ -309,12 +302,7 @@ def test_non_persistent_buffers_stay_in_the_program_and_checkpoints_need_not_car
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_per_batch_gradients_by_vmap_equal_the_loop(name: str, saved_runs: dict[str, Path]) -> None:
-    run = saved_runs[name]
-    probe = obstacle.Probe.load(run)
-    engine = LossEngine.create(probe, dtype="float64")
-    theta = engine.flatten(
-        load_checkpoint(run / "checkpoints/step_000000000.safetensors", probe.manifest).state
-    )
+    engine, theta, _ = _bound(saved_runs[name])
     losses, grads = engine.batch_grads(theta)
     assert engine._vmap_ok, f"{name}: the exported program should batch under vmap"
     for k in range(engine.num_batches):
@@ -324,13 +312,7 @@ def test_per_batch_gradients_by_vmap_equal_the_loop(name: str, saved_runs: dict[
 
 
 def test_per_batch_gradients_fall_back_to_a_loop(saved_runs: dict[str, Path]) -> None:
-    probe = obstacle.Probe.load(saved_runs["mlp"])
-    engine = LossEngine.create(probe, dtype="float64")
-    theta = engine.flatten(
-        load_checkpoint(
-            saved_runs["mlp"] / "checkpoints/step_000000000.safetensors", probe.manifest
-        ).state
-    )
+    engine, theta, _ = _bound(saved_runs["mlp"])
     vmapped = engine.batch_grads(theta)[1]
 
     def no_batching_rule(_theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
