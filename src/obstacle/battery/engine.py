@@ -431,7 +431,7 @@ class HessianOperator:
             )
         else:
             out.zero_()
-        numels = [p.numel() for p in self.params]
+        numels = self.engine.numels
         directions = [
             d.view(p.shape) for d, p in zip(torch.split(v, numels), self.params, strict=True)
         ]
