@@ -1,4 +1,5 @@
-"""``FileBody``: one chunked hashing pass, then the file read anew, in chunks, for every send."""
+"""``FileBody``: hashed in a pass of its own (``from_path``) or while it is sent (``streamed``, the
+digest trailing the body), and the file read anew, in chunks, for every send."""
 
 from __future__ import annotations
 
@@ -72,3 +73,42 @@ def test_an_unreadable_file_is_an_input_error_naming_it(tmp_path: Path) -> None:
         FileBody.from_path(missing)
     with pytest.raises(InputError, match="cannot be read"):
         FileBody.from_path(tmp_path)  # a directory
+
+
+def test_a_streamed_body_is_hashed_while_it_is_sent_and_ends_with_its_digest(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(2 * CHUNK_BYTES + 99)
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(data)
+    seen: list[int] = []
+    body = FileBody.streamed(path, on_sent=seen.append)
+    assert body.size == len(data) and body.sha256 is None, "nothing is read before sending"
+    assert body.headers("application/octet-stream") == {
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(len(data) + 64),
+        "X-Content-SHA256": "trailing",
+    }
+    chunks = list(body.chunks())
+    assert [len(c) for c in chunks] == [CHUNK_BYTES, CHUNK_BYTES, 99, 64]
+    assert b"".join(chunks) == data + hashlib.sha256(data).hexdigest().encode()
+    assert seen == [0, CHUNK_BYTES, 2 * CHUNK_BYTES, len(data)], "the bar counts the file's bytes"
+    assert b"".join(body.chunks()) == b"".join(chunks), "a retry reads and hashes it again"
+
+
+def test_a_streamed_body_sends_the_bytes_it_hashed_even_if_the_file_grew(tmp_path: Path) -> None:
+    path = tmp_path / "train_log.jsonl"
+    path.write_bytes(b"a" * 100)
+    body = FileBody.streamed(path)
+    with path.open("ab") as handle:
+        handle.write(b"b" * 100)
+    sent = b"".join(body.chunks())
+    assert sent == b"a" * 100 + hashlib.sha256(b"a" * 100).hexdigest().encode()
+    path.write_bytes(b"a" * 10)
+    with pytest.raises(InputError, match=r"shrank from 100 to 10 bytes"):
+        list(body.chunks())
+
+
+def test_a_streamed_body_of_an_unreadable_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"missing\.safetensors: cannot be read"):
+        FileBody.streamed(tmp_path / "missing.safetensors")

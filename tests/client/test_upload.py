@@ -168,15 +168,17 @@ class _CutOnce(httpx.BaseTransport):
         self._inner.close()
 
 
+@pytest.mark.parametrize("hashed", ["before", "while sent"])
 def test_a_retried_upload_sends_the_file_again_from_its_start(
-    service: Service, tmp_path: Path
+    service: Service, tmp_path: Path, hashed: str
 ) -> None:
     log = tmp_path / "train_log.jsonl"
     with log.open("w") as handle:  # several chunks of FileBody
         for step in range(120_000):
             handle.write(json.dumps({"step": step, "lr": 0.01, "loss": 1.0 / (step + 1)}) + "\n")
     sent: list[int] = []
-    body = FileBody.from_path(log, on_sent=sent.append)
+    make = FileBody.from_path if hashed == "before" else FileBody.streamed
+    body = make(log, on_sent=sent.append)
     transport = _CutOnce()
     with Client(service.url, service.token, transport=transport, backoff=0.01) as client:
         run = client.create_run("retried")

@@ -101,3 +101,41 @@ def test_a_file_on_another_filesystem_is_copied(tmp_path: Path) -> None:
 def test_keys_cannot_leave_the_root(store: ArtifactStore, key: str) -> None:
     with pytest.raises(ValueError, match="invalid artifact key"):
         store.exists(key)
+
+
+@pytest.mark.parametrize("how", ["copy", "link", "bytes"])
+def test_a_local_store_flushes_the_file_before_its_move_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """What the service acknowledges survives a crash: fsync the bytes, then the new name."""
+    store = ArtifactStore(str(tmp_path / "store"))
+    flushed: list[tuple[str, bool]] = []  # (the path the fd had when flushed, still partial)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        flushed.append((path, ".partial-" in path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    source = tmp_path / "upload-spool"
+    source.write_bytes(b"weights" * 1000)
+    key = "runs/a/checkpoints/000000005/abc.safetensors"
+    if how == "bytes":
+        store.put_bytes(b"weights" * 1000, key)
+    else:
+        store.put_file(source, key, link=how == "link")
+    final = tmp_path / "store" / key
+    assert final.read_bytes() == b"weights" * 1000
+    assert len(flushed) == 2, flushed
+    (file_path, was_partial), (dir_path, _) = flushed
+    assert was_partial and Path(file_path).parent == final.parent, "flushed before the move"
+    assert Path(dir_path) == final.parent, "then the directory that holds the new name"
+
+
+def test_a_remote_store_is_not_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ArtifactStore(f"memory://obstacle-test-{uuid.uuid4().hex}")
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    store.put_bytes(b"x", "runs/a/x")
+    assert calls == [] and store.read_bytes("runs/a/x") == b"x"

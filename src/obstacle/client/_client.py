@@ -35,7 +35,7 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 PRESETS = ("quick", "standard", "full")
 
-#: What an upload takes: bytes already in memory, or a file (a path, or a hashed ``FileBody``)
+#: What an upload takes: bytes already in memory, or a file (a path, or a ``FileBody``)
 #: that is sent from disk in chunks.
 UploadData = bytes | os.PathLike[str] | FileBody
 
@@ -346,11 +346,11 @@ class Client:
 
 
 def _upload_body(data: UploadData) -> bytes | FileBody:
-    """Bytes as they are; a path hashed into a ``FileBody`` (one chunked pass over the file)."""
+    """Bytes as they are; a path as a ``FileBody`` hashed while it is sent (one pass over it)."""
     if isinstance(data, bytes | FileBody):
         return data
     if isinstance(data, os.PathLike):
-        return FileBody.from_path(data)
+        return FileBody.streamed(data)
     raise ParameterError(
         f"The 'data' parameter must be bytes, a path (pathlib.Path) or a FileBody. Got "
         f"{type(data).__name__} instead. Wrap a file name in pathlib.Path to send the file."

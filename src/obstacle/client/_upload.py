@@ -6,6 +6,9 @@ The run is found again by its name and the SHA-256 of its probe bundle (kept in 
 sent. Probe bundles pack deterministically, so the same directory always finds the same run.
 ``train_log.jsonl`` is sent last, unless the run already holds one with the same SHA-256; a log
 that grew since replaces the run's.
+
+A file is hashed beforehand only where the service holds a version of it to compare with; the
+others are hashed while they are sent (the digest trails the body), so each is read once.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def upload_run_dir(
 
     Without ``run_id`` the run is the project's run with this name and probe (created if there
     is none), so running it again after an interruption sends only what is missing. Every file
-    is hashed in one pass and sent from disk in chunks; the progress bar counts the bytes sent.
+    is sent from disk in chunks and read once, unless the service holds a version of it to
+    compare with first; the progress bar counts the bytes sent.
     """
     path = Path(run_dir)
     checkpoints = _checkpoints(path)
@@ -53,7 +57,8 @@ def upload_run_dir(
     bar: Bar | None = None
     try:
         with packed_probe(path) as bundle_file:
-            bundle = FileBody.from_path(bundle_file)
+            bundle = FileBody.from_path(bundle_file)  # its SHA-256 finds the run
+            assert bundle.sha256 is not None  # from_path hashes
             info = _target_run(client, path, bundle.sha256, name=name, run_id=run_id)
             total = _local_bytes(path, checkpoints) + (bundle.size if info.probe is None else 0)
             bar = progress_bar(
@@ -106,8 +111,10 @@ def _send_checkpoints(
     uploaded: list[int] = []
     skipped: list[int] = []
     for step, file in checkpoints:
-        body = sending.hash(file, f"step {step}")
         have = remote.get(step)
+        body = sending.body(
+            file, f"step {step}", compare_with=None if have is None else have.sha256
+        )
         if have is not None and have.sha256 == body.sha256:
             sending.skipped(body)
             skipped.append(step)
@@ -119,8 +126,8 @@ def _send_checkpoints(
             optimizer_sha = None
         optim_file = file.with_name(optimizer_filename(step))
         if optim_file.is_file():
-            optim = sending.hash(optim_file, f"step {step} optimizer")
-            if optimizer_sha == optim.sha256:
+            optim = sending.body(optim_file, f"step {step} optimizer", compare_with=optimizer_sha)
+            if optimizer_sha is not None and optimizer_sha == optim.sha256:
                 sending.skipped(optim)
             else:
                 client.put_optimizer_state(
@@ -134,8 +141,8 @@ def _send_train_log(client: Client, info: RunInfo, log_file: Path, sending: _Byt
     """Send ``train_log.jsonl`` unless the run holds the same bytes; whether it was sent."""
     if not log_file.is_file():
         return False
-    log = sending.hash(log_file, TRAIN_LOG)
-    if info.train_log_sha256 == log.sha256:
+    log = sending.body(log_file, TRAIN_LOG, compare_with=info.train_log_sha256)
+    if info.train_log_sha256 is not None and info.train_log_sha256 == log.sha256:
         sending.skipped(log)
         return False
     client.put_train_log(info.id, sending.track(log, TRAIN_LOG))
@@ -158,7 +165,10 @@ class _BytesSent:
         self.bar = bar
         self.done = 0
 
-    def hash(self, path: Path, what: str) -> FileBody:
+    def body(self, path: Path, what: str, *, compare_with: str | None) -> FileBody:
+        """``path`` hashed now if the service holds a version to compare with, else while sent."""
+        if compare_with is None:
+            return FileBody.streamed(path)
         if self.bar is not None:
             self.bar.update_to(self.done, note=f"hashing {what}")
         return FileBody.from_path(path)

@@ -2,6 +2,8 @@
 
 Files are written under a temporary name and moved to their final key, so a reader never sees a
 partial file; keys are content-addressed where bytes can differ, so a final key never changes.
+A local store flushes each file to disk before the move and its directory after, so a file the
+database records (and the service has acknowledged) survives a crash of the machine.
 A file that will never change again (an upload spooled to disk) can go into a local store on the
 same filesystem as a hardlink, and a reader that never writes (a worker's cache) can get one out:
 the bytes are not copied at all.
@@ -56,7 +58,9 @@ class ArtifactStore:
             # running as another user of the same volume must be able to read the stored file.
             if not (link and self._local and _hardlink(Path(local_path), Path(partial), 0o644)):
                 self.fs.put_file(str(local_path), partial)
+            self._flush(partial)
             self.fs.mv(partial, final)
+            self._flush(parent)
         except BaseException:
             if self.fs.exists(partial):
                 self.fs.rm(partial)
@@ -69,7 +73,19 @@ class ArtifactStore:
         if self._local:
             self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.pipe_file(partial, data)
+        self._flush(partial)
         self.fs.mv(partial, final)
+        self._flush(final.rsplit("/", 1)[0])
+
+    def _flush(self, path: str) -> None:
+        """fsync a local file or directory (the bytes, or the names in it); elsewhere nothing."""
+        if not self._local:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def get_file(self, key: str, local_path: str | Path, *, link: bool = False) -> None:
         """Download ``key`` to ``local_path`` (through a temporary name beside it).

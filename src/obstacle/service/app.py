@@ -38,7 +38,9 @@ return which optimization obstacle holds the run back (saddle point, local minim
 conditioning, gradient noise, no critical point, divergence, overfitting), with the evidence.
 
 Authenticate with `Authorization: Bearer <token>` (`obstacle token create --project NAME`).
-Uploads carry their SHA-256 in `X-Content-SHA256`. Errors are RFC 9457 `application/problem+json`.
+Uploads carry their SHA-256 in `X-Content-SHA256`, or `X-Content-SHA256: trailing` and the body
+ends with the 64 hex digits of the SHA-256 of the bytes before them. Errors are RFC 9457
+`application/problem+json`.
 """
 
 

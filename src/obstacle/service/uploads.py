@@ -1,8 +1,16 @@
 """Receive an upload body: streamed to a temporary file while it is hashed and counted.
 
 The body is never held whole in memory. The size limit is enforced while reading (and up front
-from Content-Length), and the SHA-256 the client sent in ``X-Content-SHA256`` is checked against
-the bytes that arrived, so a body cut or changed on the way is refused before any validation.
+from Content-Length), and the bytes that arrived are checked against the SHA-256 the client
+declared, so a body cut or changed on the way is refused before any validation. The client
+declares it in one of two ways:
+
+- ``X-Content-SHA256: <64 hex digits>``: the hash of the whole body, known before sending it.
+- ``X-Content-SHA256: trailing``: the body ends with the 64 hex digits of the SHA-256 of the
+  bytes before them. A client hashes a file while it sends it, in one pass, instead of reading it
+  once to hash it and again to send it (S3's and GCS's trailing checksums, in-band). Those last
+  64 bytes are not part of the upload.
+
 Hashing and writing run on two threads of their own, a few megabytes behind the event loop, so
 receiving the next bytes overlaps both (hashlib and file writes release the GIL).
 """
@@ -25,9 +33,12 @@ from starlette.requests import ClientDisconnect
 
 from obstacle.service.problems import ProblemError
 
-__all__ = ["SHA256_HEADER", "ReceivedUpload", "receive_upload"]
+__all__ = ["SHA256_HEADER", "TRAILING", "ReceivedUpload", "receive_upload"]
 
 SHA256_HEADER = "X-Content-SHA256"
+#: The header's value that says the body ends with its own SHA-256 (64 hex digits).
+TRAILING = "trailing"
+_DIGEST_HEX = 64
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -39,22 +50,26 @@ class ReceivedUpload:
 
 
 def parse_sha256(value: str | None) -> str:
+    """The declared SHA-256 as lowercase hex, or ``TRAILING``; 400 if missing or malformed."""
     if value is None:
         raise ProblemError(
             400,
-            f"Send the SHA-256 of the body, as 64 hex digits, in the {SHA256_HEADER} header; the "
-            "service checks the bytes it received against it.",
+            f"Send the SHA-256 of the body, as 64 hex digits, in the {SHA256_HEADER} header (or "
+            f"'{TRAILING}', and end the body with those 64 hex digits); the service checks the "
+            "bytes it received against it.",
             slug="missing-checksum",
             title="The upload has no checksum",
         )
-    if not _HEX64.match(value.strip()):
+    declared = value.strip().lower()
+    if declared != TRAILING and not _HEX64.match(declared):
         raise ProblemError(
             400,
-            f"The {SHA256_HEADER} header must be 64 hex digits (a SHA-256); got {value[:80]!r}.",
+            f"The {SHA256_HEADER} header must be 64 hex digits (a SHA-256) or '{TRAILING}'; got "
+            f"{value[:80]!r}.",
             slug="missing-checksum",
             title="The upload checksum is malformed",
         )
-    return value.strip().lower()
+    return declared
 
 
 # The setting that limits each kind of upload; checkpoints and optimizer states share one.
@@ -101,10 +116,10 @@ class _Spool:
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()
-        self._batch: list[bytes] = []
+        self._batch: list[bytes | memoryview] = []
         self._batched = 0
 
-    async def add(self, chunk: bytes) -> None:
+    async def add(self, chunk: bytes | memoryview) -> None:
         self._batch.append(chunk)
         self._batched += len(chunk)
         if self._batched >= _BATCH_BYTES:
@@ -141,9 +156,42 @@ class _Spool:
         await asyncio.wrap_future(written)
 
 
-def _update_all(digest: hashlib._Hash, chunks: list[bytes]) -> None:
+def _update_all(digest: hashlib._Hash, chunks: list[bytes | memoryview]) -> None:
     for chunk in chunks:
         digest.update(chunk)
+
+
+class _Trailer:
+    """Holds back the body's last 64 bytes (the trailing SHA-256) from what is spooled."""
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def split(self, chunk: bytes) -> list[bytes | memoryview]:
+        """The bytes that are surely payload once ``chunk`` has arrived; keeps the last 64."""
+        if len(chunk) >= _DIGEST_HEX:
+            payload: list[bytes | memoryview] = [self.held] if self.held else []
+            payload.append(memoryview(chunk)[:-_DIGEST_HEX])
+            self.held = chunk[-_DIGEST_HEX:]
+            return payload
+        joined = self.held + chunk
+        self.held = joined[-_DIGEST_HEX:]
+        return [joined[:-_DIGEST_HEX]] if len(joined) > _DIGEST_HEX else []
+
+    def digest(self, what: str) -> str:
+        """The trailing SHA-256 as lowercase hex; 422 if the body ended without one."""
+        text = self.held.decode("ascii", "replace").lower()
+        if len(self.held) < _DIGEST_HEX or not _HEX64.match(text):
+            raise ProblemError(
+                422,
+                f"{SHA256_HEADER} is '{TRAILING}', so the body must end with the 64 hex digits of "
+                f"the SHA-256 of the {what} bytes before them; its last {len(self.held)} bytes are "
+                f"{self.held[-_DIGEST_HEX:]!r}. Append the hex digest to the body, or send it in "
+                "the header instead.",
+                slug="checksum-mismatch",
+                title="The upload has no trailing checksum",
+            )
+        return text
 
 
 async def receive_upload(
@@ -157,8 +205,14 @@ async def receive_upload(
 ) -> ReceivedUpload:
     """Spool ``chunks`` into a file under ``tmp_dir``; the caller deletes ``.path``."""
     expected = parse_sha256(declared_sha256)
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise _too_large(what, limit, f"{content_length} bytes")
+    trailer = _Trailer() if expected == TRAILING else None
+    overhead = _DIGEST_HEX if trailer is not None else 0  # the body's bytes that are not upload
+    if (
+        content_length is not None
+        and content_length.isdigit()
+        and int(content_length) - overhead > limit
+    ):
+        raise _too_large(what, limit, f"{int(content_length) - overhead} bytes")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
     path = Path(name)
@@ -169,12 +223,19 @@ async def receive_upload(
             try:
                 async for chunk in _until_disconnect(chunks, what):
                     size += len(chunk)
-                    if size > limit:
+                    if size - overhead > limit:
                         raise _too_large(what, limit, f"more than {limit} bytes")
-                    await spool.add(chunk)
+                    if trailer is None:
+                        await spool.add(chunk)
+                    else:
+                        for part in trailer.split(chunk):
+                            await spool.add(part)
                 received = await spool.finish()
             finally:
                 spool.close()
+        if trailer is not None:
+            expected = trailer.digest(what)
+            size -= len(trailer.held)
         if size == 0:
             raise ProblemError(
                 422,

@@ -150,7 +150,7 @@ def _case(
         media = next(iter(content))
         body = st.tuples(st.just(media), st.binary(max_size=4096))
     auth = st.sampled_from(["token", "token", "token", "stranger", "unknown", "none", "basic"])
-    sha = st.sampled_from(["right", "right", "wrong", "junk", "none"])
+    sha = st.sampled_from(["right", "right", "trailing", "trailing-wrong", "wrong", "junk", "none"])
     return st.fixed_dictionaries({**parts, "body": body, "auth": auth, "sha": sha})
 
 
@@ -168,12 +168,18 @@ def _request(base: str, path: str, method: str, case: dict[str, Any]) -> httpx.R
         headers["Content-Type"] = media
     headers["X-Content-SHA256"] = {
         "right": hashlib.sha256(body).hexdigest(),
+        "trailing": "trailing",
+        "trailing-wrong": "trailing",
         "wrong": "0" * 64,
         "junk": "not-a-sha",
         "none": "",
     }[case["sha"]]
     if case["sha"] == "none":
         del headers["X-Content-SHA256"]
+    if case["sha"] == "trailing":  # the body ends with its own digest
+        body += hashlib.sha256(body).hexdigest().encode()
+    elif case["sha"] == "trailing-wrong":
+        body += body[-64:]
     return httpx.Request(method.upper(), base + url, params=params, content=body, headers=headers)
 
 

@@ -184,7 +184,11 @@ RunWithProbe = Annotated[Run, Depends(_run_with_probe)]
 
 _sha_header = Header(
     alias="X-Content-SHA256",
-    description="SHA-256 of the body as 64 hex digits; the upload is checked against it.",
+    description=(
+        "SHA-256 of the body as 64 hex digits; the upload is checked against it. Or 'trailing': "
+        "the body ends with the 64 hex digits of the SHA-256 of the bytes before them (a client "
+        "hashes a file while sending it, in one pass); those 64 bytes are not stored."
+    ),
 )
 
 
