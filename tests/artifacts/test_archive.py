@@ -708,6 +708,37 @@ def test_oversized_archive_is_rejected(benign: Benign) -> None:
     _reject(benign.path, None, "over the limit of 1000 bytes", max_bytes=1000)
 
 
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes that takes no disk: zeros, so not a zip (nor a pickle)."""
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def test_the_sdk_service_and_worker_share_one_program_size_limit(tmp_path: Path) -> None:
+    """A 124M-parameter float32 model's program (~500 MB) and more pass the size check everywhere;
+    over the one limit, the validator and the worker's loader refuse it before reading it."""
+    from obstacle.artifacts import bundle
+
+    assert bundle.MAX_PROGRAM_BYTES is archive.MAX_PROGRAM_BYTES == 2 * 2**30
+    assert validate_program_archive.__kwdefaults__ == {
+        "max_bytes": archive.MAX_PROGRAM_BYTES,
+        "max_entries": 10_000,
+        "max_json_bytes": 64 * 2**20,
+    }
+    gpt2_small = _sparse(tmp_path / "gpt2-small.pt2", 600 * 2**20)
+    with pytest.raises(UnsafeArchiveError, match="not a zip file"):  # past the size check
+        validate_program_archive(gpt2_small)
+    huge = _sparse(tmp_path / "huge.pt2", archive.MAX_PROGRAM_BYTES + 1)
+    over = (
+        rf"is {archive.MAX_PROGRAM_BYTES + 1} bytes, over the limit of {archive.MAX_PROGRAM_BYTES}"
+    )
+    with pytest.raises(UnsafeArchiveError, match=over + r".*4 bytes per float32 parameter"):
+        validate_program_archive(huge)
+    with pytest.raises(UnsafeArchiveError, match=over + r".*4 bytes per float32 parameter"):
+        load_program_safely(huge)
+
+
 def test_too_many_entries_are_rejected(benign: Benign) -> None:
     _reject(benign.path, None, "over the limit of 5 entries", max_entries=5)
 

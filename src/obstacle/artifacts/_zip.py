@@ -53,6 +53,10 @@ _ZIP64_EOCD_MAGIC = b"PK\x06\x06"
 _MAX_CENTRAL_RECORD = 1024  # bytes per central-directory record we are willing to parse
 _MAX_RATIO = 100  # uncompressed/compressed beyond this is a zip bomb, whatever the method
 _CHUNK = 1 << 20
+PROGRAM_SIZE_FIX = (
+    "A probe program holds its model's graph and weights (4 bytes per float32 parameter); check "
+    "that the right file was uploaded, or capture the probe from a smaller model"
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class _ZipContainer:
             self.fail(
                 None,
                 f"is {size} bytes, over the limit of {self.limits.max_bytes} bytes",
-                "A probe program is far smaller; check that the right file was uploaded",
+                PROGRAM_SIZE_FIX,
             )
         self.handle.seek(0)
         head = self.handle.read(4)

@@ -114,6 +114,7 @@ from obstacle.artifacts._zip import (
     _RECAPTURE,
     _WEIGHT_FILE,
     _WEIGHTS_CONFIG,
+    PROGRAM_SIZE_FIX,
     _describe_payload,
     _Limits,
     _open_source,
@@ -121,7 +122,12 @@ from obstacle.artifacts._zip import (
 )
 from obstacle.errors import ParameterError
 
-__all__ = ["ArchiveSummary", "validate_program_archive"]
+__all__ = [
+    "MAX_PROGRAM_BYTES",
+    "PROGRAM_SIZE_FIX",
+    "ArchiveSummary",
+    "validate_program_archive",
+]
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,16 @@ class ArchiveSummary:
     """(FQN, sizes) of every weight the weights config marks ``is_param``, in file order."""
 
 
+#: The largest probe program the SDK saves, the service accepts and a worker loads: one limit, so
+#: that nothing accepted at upload is refused later. A program holds its model's weights (4 bytes
+#: per float32 parameter): 2 GiB is about 500M parameters, past the 125M the battery is sized for.
+MAX_PROGRAM_BYTES = 2 * 2**30
+
+
 def validate_program_archive(
     path: str | Path | BinaryIO,
     *,
-    max_bytes: int = 512 * 2**20,
+    max_bytes: int = MAX_PROGRAM_BYTES,
     max_entries: int = 10_000,
     max_json_bytes: int = 64 * 2**20,
 ) -> ArchiveSummary:

@@ -28,7 +28,7 @@ from typing import BinaryIO, overload
 
 import numpy as np
 
-from obstacle.artifacts.archive import ArchiveSummary, validate_program_archive
+from obstacle.artifacts.archive import MAX_PROGRAM_BYTES, ArchiveSummary, validate_program_archive
 from obstacle.artifacts.layout import PROBE_DATA, PROBE_MANIFEST, PROBE_PROGRAM
 from obstacle.artifacts.manifest import (
     MAX_MANIFEST_BYTES,
@@ -164,7 +164,8 @@ def unpack_probe_bundle(
         )
     with (dest / PROBE_PROGRAM).open("rb") as handle:
         handle.raw.name = f"probe bundle: {PROBE_PROGRAM}"  # type: ignore[attr-defined]  # messages name the entry, not a temp path
-        program = validate_program_archive(handle, max_bytes=max(limit, 1))
+        # No larger than a worker loads, whatever the bundle limit: refused now, not at analysis.
+        program = validate_program_archive(handle, max_bytes=max(min(limit, MAX_PROGRAM_BYTES), 1))
     _check_program_parameters(manifest, program)
     return ProbeBundle(dest, manifest, digest, data_header, program)
 

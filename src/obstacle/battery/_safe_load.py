@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
-from obstacle.artifacts.archive import validate_program_archive
+from obstacle.artifacts.archive import (
+    MAX_PROGRAM_BYTES,
+    PROGRAM_SIZE_FIX,
+    validate_program_archive,
+)
 from obstacle.errors import ProbeError, UnsafeArchiveError
 
 __all__ = ["load_program_safely"]
-
-MAX_PROGRAM_BYTES = 512 * 2**20
 
 
 class _NamedBytes(io.BytesIO):
@@ -44,8 +46,7 @@ def load_program_safely(path: str | Path) -> torch.export.ExportedProgram:
             if size > MAX_PROGRAM_BYTES:
                 raise UnsafeArchiveError(
                     f"{label}: the program archive is {size} bytes, over the limit of "
-                    f"{MAX_PROGRAM_BYTES} bytes. A probe program is far smaller; check that the "
-                    "right file was uploaded."
+                    f"{MAX_PROGRAM_BYTES} bytes. {PROGRAM_SIZE_FIX}."
                 )
             data = handle.read()
     except OSError as exc:
