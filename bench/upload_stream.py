@@ -1,10 +1,9 @@
 """How fast, and in how much memory, does a large checkpoint upload? (issue 11: streaming I/O)
 
-Writes a synthetic safetensors checkpoint of ``--size-mib`` (default 1024: one float32 weight, so
-the probe's program holds a weight as large; the client's 512 MiB limit on a probe program is
-raised in this process only, to make that probe), starts a local ``obstacle serve`` with its own
-data directory and token, and uploads the file through the SDK as ``Client.put_checkpoint(path)``
-does: hashed while it is sent, the digest trailing the body. The service stores it durably (fsync
+Writes a synthetic safetensors checkpoint of ``--size-mib`` (default 1024: one float32 weight,
+which the probe's program holds too, as a real model's does), starts a local ``obstacle serve``
+with its own data directory and token, and uploads the file through the SDK as
+``Client.put_checkpoint(path)`` does: hashed while it is sent, the digest trailing the body. The service stores it durably (fsync
 before its 201). Prints the client's and the API process's RSS growth, the upload's time split
 into sending the body and the service's work after the last byte, and, measured in the same run
 with the same file: local copies (``shutil.copyfile``, in the page cache, and the same copy
@@ -22,7 +21,6 @@ Acceptance (issue 11): RSS growth < 200 MB on each side, upload >= 80% of the lo
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -39,8 +37,6 @@ from _service import serve
 from torch import nn
 
 import obstacle
-import obstacle.battery.probe
-from obstacle.artifacts.archive import validate_program_archive
 from obstacle.battery.checkpoint import CHECKPOINT_FORMAT
 from obstacle.client import Client, FileBody
 
@@ -166,11 +162,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = max(1, args.size_mib * MiB // (COLUMNS * 4))
-    # The probe's program holds the weight as large as the checkpoint; the client refuses
-    # programs over 512 MiB (a real probe's is its model's weights), so raise it here only.
-    obstacle.battery.probe.validate_program_archive = functools.partial(  # type: ignore[attr-defined]
-        validate_program_archive, max_bytes=4 << 30
-    )
     print(describe_machine(f"load average {os.getloadavg()[0]:.2f} at the start"))
     with tempfile.TemporaryDirectory(prefix="obstacle-bench-") as tmp:
         scratch = Path(tmp)
