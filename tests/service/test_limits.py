@@ -3,6 +3,7 @@ when slow, never a 500 (issue 13)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -103,6 +104,29 @@ def test_a_chunked_body_is_counted_while_it_streams(live: tuple[str, Settings, T
         assert (
             client.get(f"/v1/runs/{run['id']}", headers=tenant.headers).json()["train_log"] is None
         )
+    assert _spooled(settings) == []
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_trailing_checksum_is_not_counted_against_the_limit(
+    live: tuple[str, Settings, Tenant], chunked: bool
+) -> None:
+    """A log of exactly the limit, its SHA-256 after it: stored; one byte more: 413."""
+    base, settings, tenant = live
+    limit = int(LIMITS["OBSTACLE_MAX_TRAIN_LOG_BYTES"])
+    line = b'{"step": 1, "loss": 0.5}\n'
+    exact = line * (limit // len(line)) + b" " * (limit % len(line))
+    headers = {**tenant.headers, "X-Content-SHA256": "trailing"}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        run = client.post("/v1/runs", json={"name": "trailing"}, headers=tenant.headers).json()
+        url = f"/v1/runs/{run['id']}/train-log"
+        for log, status in ((exact + b" ", 413), (exact, 201)):
+            body = log + hashlib.sha256(log).hexdigest().encode()
+            response = client.put(url, content=iter([body]) if chunked else body, headers=headers)
+            assert response.status_code == status, response.text
+        stored = client.get(f"/v1/runs/{run['id']}", headers=tenant.headers).json()["train_log"]
+    assert stored["size_bytes"] == limit
+    assert stored["sha256"] == hashlib.sha256(exact).hexdigest()
     assert _spooled(settings) == []
 
 

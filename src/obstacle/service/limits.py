@@ -28,6 +28,7 @@ from obstacle.platform.db import SessionFactory
 from obstacle.service.api.deps import token_problem
 from obstacle.service.problems import ProblemError, RequestRefused, problem_response
 from obstacle.service.settings import Settings
+from obstacle.service.uploads import SHA256_HEADER, TRAILING, TRAILING_DIGEST_BYTES
 
 __all__ = ["BodyLimit", "RequestLimits", "body_limit"]
 
@@ -36,11 +37,21 @@ _CLOSE = {"Connection": "close"}
 
 @dataclass(frozen=True)
 class BodyLimit:
-    """The body size limit of a route: what it receives, how many bytes, which setting says so."""
+    """The body size limit of a route: what it receives, how many bytes, which setting says so.
+
+    ``trailer``: bytes the body may carry beyond ``limit`` that are not the upload (the 64 hex
+    digits of a trailing SHA-256, ``X-Content-SHA256: trailing``).
+    """
 
     what: str
     limit: int
     setting: str
+    trailer: int = 0
+
+    @property
+    def body_bytes(self) -> int:
+        """The most bytes the body may hold."""
+        return self.limit + self.trailer
 
 
 _UPLOADS: tuple[tuple[re.Pattern[str], str, str], ...] = (
@@ -54,12 +65,24 @@ _UPLOADS: tuple[tuple[re.Pattern[str], str, str], ...] = (
 )
 
 
-def body_limit(settings: Settings, method: str, path: str) -> BodyLimit:
-    """The limit of ``method path``: an upload route's own, else OBSTACLE_MAX_REQUEST_BYTES."""
+def body_limit(
+    settings: Settings, method: str, path: str, *, sha256_header: str | None = None
+) -> BodyLimit:
+    """The limit of ``method path``: an upload route's own, else OBSTACLE_MAX_REQUEST_BYTES.
+
+    ``sha256_header``: the request's X-Content-SHA256; 'trailing' lets an upload's body carry its
+    64-digit digest beyond the limit.
+    """
     if method == "PUT":
         for pattern, what, name in _UPLOADS:
             if pattern.match(path):
-                return BodyLimit(what, getattr(settings, name), f"OBSTACLE_{name.upper()}")
+                trailing = (sha256_header or "").strip().lower() == TRAILING
+                return BodyLimit(
+                    what,
+                    getattr(settings, name),
+                    f"OBSTACLE_{name.upper()}",
+                    trailer=TRAILING_DIGEST_BYTES if trailing else 0,
+                )
     return BodyLimit("request body", settings.max_request_bytes, "OBSTACLE_MAX_REQUEST_BYTES")
 
 
@@ -110,12 +133,17 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = body_limit(self.settings, scope["method"], scope["path"])
+        limit = body_limit(
+            self.settings,
+            scope["method"],
+            scope["path"],
+            sha256_header=headers.get(SHA256_HEADER),
+        )
         length = _content_length(headers)
         has_body = (length is not None and length > 0) or "transfer-encoding" in headers
         refusal: ProblemError | None = None
-        if length is not None and length > limit.limit:
-            refusal = too_large(limit, f"{length} bytes (Content-Length)")
+        if length is not None and length > limit.body_bytes:
+            refusal = too_large(limit, f"{length - limit.trailer} bytes (Content-Length)")
         elif has_body and scope["path"].startswith("/v1/"):
             refusal = await run_in_threadpool(
                 token_problem, self.sessions(), headers.get("authorization")
@@ -143,7 +171,7 @@ class RequestLimits:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 done = not message.get("more_body", False)
-                if received > limit.limit:
+                if received > limit.body_bytes:
                     raise RequestRefused(too_large(limit, f"more than {limit.limit} bytes"))
             else:
                 done = True

@@ -33,12 +33,12 @@ from starlette.requests import ClientDisconnect
 
 from obstacle.service.problems import ProblemError
 
-__all__ = ["SHA256_HEADER", "TRAILING", "ReceivedUpload", "receive_upload"]
+__all__ = ["SHA256_HEADER", "TRAILING", "TRAILING_DIGEST_BYTES", "ReceivedUpload", "receive_upload"]
 
 SHA256_HEADER = "X-Content-SHA256"
 #: The header's value that says the body ends with its own SHA-256 (64 hex digits).
 TRAILING = "trailing"
-_DIGEST_HEX = 64
+TRAILING_DIGEST_BYTES = 64
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -169,24 +169,24 @@ class _Trailer:
 
     def split(self, chunk: bytes) -> list[bytes | memoryview]:
         """The bytes that are surely payload once ``chunk`` has arrived; keeps the last 64."""
-        if len(chunk) >= _DIGEST_HEX:
+        if len(chunk) >= TRAILING_DIGEST_BYTES:
             payload: list[bytes | memoryview] = [self.held] if self.held else []
-            payload.append(memoryview(chunk)[:-_DIGEST_HEX])
-            self.held = chunk[-_DIGEST_HEX:]
+            payload.append(memoryview(chunk)[:-TRAILING_DIGEST_BYTES])
+            self.held = chunk[-TRAILING_DIGEST_BYTES:]
             return payload
         joined = self.held + chunk
-        self.held = joined[-_DIGEST_HEX:]
-        return [joined[:-_DIGEST_HEX]] if len(joined) > _DIGEST_HEX else []
+        self.held = joined[-TRAILING_DIGEST_BYTES:]
+        return [joined[:-TRAILING_DIGEST_BYTES]] if len(joined) > TRAILING_DIGEST_BYTES else []
 
     def digest(self, what: str) -> str:
         """The trailing SHA-256 as lowercase hex; 422 if the body ended without one."""
         text = self.held.decode("ascii", "replace").lower()
-        if len(self.held) < _DIGEST_HEX or not _HEX64.match(text):
+        if len(self.held) < TRAILING_DIGEST_BYTES or not _HEX64.match(text):
             raise ProblemError(
                 422,
                 f"{SHA256_HEADER} is '{TRAILING}', so the body must end with the 64 hex digits of "
                 f"the SHA-256 of the {what} bytes before them; its last {len(self.held)} bytes are "
-                f"{self.held[-_DIGEST_HEX:]!r}. Append the hex digest to the body, or send it in "
+                f"{self.held[-TRAILING_DIGEST_BYTES:]!r}. Append the hex digest to the body, or send it in "
                 "the header instead.",
                 slug="checksum-mismatch",
                 title="The upload has no trailing checksum",
@@ -206,7 +206,9 @@ async def receive_upload(
     """Spool ``chunks`` into a file under ``tmp_dir``; the caller deletes ``.path``."""
     expected = parse_sha256(declared_sha256)
     trailer = _Trailer() if expected == TRAILING else None
-    overhead = _DIGEST_HEX if trailer is not None else 0  # the body's bytes that are not upload
+    overhead = (
+        TRAILING_DIGEST_BYTES if trailer is not None else 0
+    )  # the body's bytes that are not upload
     if (
         content_length is not None
         and content_length.isdigit()
