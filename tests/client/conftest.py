@@ -136,14 +136,18 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 class CountingTransport(httpx.BaseTransport):
-    """A real HTTP transport that records every request it sends (method, path)."""
+    """A real HTTP transport that records every request it sends (method, path), and the
+    ``X-Content-SHA256`` of each upload by its path."""
 
     def __init__(self) -> None:
         self._inner = httpx.HTTPTransport()
         self.sent: list[tuple[str, str]] = []
+        self.checksums: dict[str, str] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.sent.append((request.method, request.url.path))
+        if "x-content-sha256" in request.headers:
+            self.checksums[request.url.path] = request.headers["x-content-sha256"]
         return self._inner.handle_request(request)
 
     def close(self) -> None:

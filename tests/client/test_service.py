@@ -134,6 +134,11 @@ def test_resumed_upload_sends_only_missing_checkpoints(
     assert sorted(puts) == sorted(
         [*expected, *expected_optim, f"/v1/runs/{first.run.id}/train-log"]
     )
+    # Steps the service lacked were hashed while sent (read once); the log it held a version of
+    # was hashed first, to compare, and went with its digest in the header.
+    assert {counting.checksums[path] for path in [*expected, *expected_optim]} == {"trailing"}
+    train_log_sha = counting.checksums[f"/v1/runs/{first.run.id}/train-log"]
+    assert train_log_sha == hashlib.sha256(log).hexdigest()
     assert second.run.num_checkpoints == len(steps)
     assert second.run.train_log_sha256 == hashlib.sha256(log).hexdigest()
     counting = CountingTransport()
