@@ -36,6 +36,11 @@ def _plain_response(status: int, reason: str, text: str) -> bytes:
 LINGER_S = 2.0
 
 
+# The most one read from a connection takes (asyncio reads 256 KiB). An upload's body goes through
+# the protocol, the ASGI app and the spool once per read: larger reads, fewer trips.
+READ_BYTES = 1 << 20
+
+
 class _LingeringTransport:
     """The connection's transport, whose ``close`` lingers while the request is unfinished."""
 
@@ -70,6 +75,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if isinstance(getattr(transport, "max_size", None), int):  # asyncio's selector transport
+            transport.max_size = READ_BYTES  # type: ignore[attr-defined]
         self.transport = _LingeringTransport(transport, self)  # type: ignore[assignment]
         self._expect_headers()
 
