@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -133,3 +134,30 @@ def test_a_checksum_in_the_header_still_checks_the_whole_body(tmp_path: Path) ->
     with pytest.raises(ProblemError) as refused:
         receive([PAYLOAD], tmp_path, declared=hashlib.sha256(b"x").hexdigest())
     assert refused.value.slug == "checksum-mismatch"
+
+
+def test_the_spool_starts_the_writeback_of_every_byte_as_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fsyncs what it acknowledges; started batch by batch, that flush overlaps the
+    rest of the body instead of following its last byte (bench/upload_stream.py)."""
+    from obstacle.service import uploads
+
+    real = uploads._start_writeback
+    if sys.platform.startswith("linux"):
+        assert real is not None, "Linux has sync_file_range"
+    ranges: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, nbytes: int) -> None:
+        ranges.append((offset, nbytes))
+        if real is not None:
+            real(fd, offset, nbytes)
+
+    monkeypatch.setattr(uploads, "_start_writeback", record)
+    payload = os.urandom(9 << 20)
+    upload = receive(_cut(trailed(payload), 1 << 20), tmp_path)
+    assert upload.path.read_bytes() == payload
+    assert len(ranges) >= 3, "one range per batch of the spool"
+    ends = [0] + [offset + nbytes for offset, nbytes in ranges]
+    assert [offset for offset, _ in ranges] == ends[:-1], "contiguous, in order"
+    assert ends[-1] == len(payload), "up to the last byte, not the trailing digest"
