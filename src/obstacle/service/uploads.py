@@ -234,8 +234,8 @@ class _Trailer:
                 422,
                 f"{SHA256_HEADER} is '{TRAILING}', so the body must end with the 64 hex digits of "
                 f"the SHA-256 of the {what} bytes before them; its last {len(self.held)} bytes are "
-                f"{self.held[-TRAILING_DIGEST_BYTES:]!r}. Append the hex digest to the body, or send it in "
-                "the header instead.",
+                f"{self.held!r}. Append the hex digest to the body, or send it in the header "
+                "instead.",
                 slug="checksum-mismatch",
                 title="The upload has no trailing checksum",
             )
@@ -254,9 +254,8 @@ async def receive_upload(
     """Spool ``chunks`` into a file under ``tmp_dir``; the caller deletes ``.path``."""
     expected = parse_sha256(declared_sha256)
     trailer = _Trailer() if expected == TRAILING else None
-    overhead = (
-        TRAILING_DIGEST_BYTES if trailer is not None else 0
-    )  # the body's bytes that are not upload
+    # The body's bytes that are not the upload: a trailing digest.
+    overhead = TRAILING_DIGEST_BYTES if trailer is not None else 0
     if (
         content_length is not None
         and content_length.isdigit()
