@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from obstacle.battery.analysis import analyze
+from obstacle.battery.engine import LossEngine
 from obstacle.battery.memory import (
     FIXED_VECTORS,
     MIN_PLANNED_VECTORS,
@@ -20,6 +21,7 @@ from obstacle.battery.memory import (
     plan_memory,
 )
 from obstacle.battery.precision import FLOAT64_MAX_PARAMETERS, choose_precision
+from obstacle.battery.probe import Probe
 from obstacle.cli import app
 from obstacle.errors import MemoryBudgetError, ParameterError
 from support import classification_batches, tiny_mlp, write_run
@@ -83,6 +85,66 @@ def test_impossible_budget_says_what_to_lower() -> None:
     assert f"{FIXED_VECTORS + MIN_PLANNED_VECTORS + 2} vectors" in message
 
 
+def test_the_operators_graphs_are_planned_and_a_budget_they_overflow_says_so() -> None:
+    vb = 8000  # 1000 float64 parameters
+    plan = plan_memory(
+        num_parameters=1000, dtype=torch.float64, num_batches=8, budget_bytes=None, graph_bytes=777
+    )
+    assert plan.graph_bytes == 777
+    assert plan.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8) + 777
+    smallest = vb * (FIXED_VECTORS + MIN_PLANNED_VECTORS + 2)
+    fits = plan_memory(
+        num_parameters=1000,
+        dtype=torch.float64,
+        num_batches=8,
+        budget_bytes=smallest + 777,
+        graph_bytes=777,
+    )
+    assert fits.lanczos_max_vectors == MIN_PLANNED_VECTORS and fits.estimate_bytes == smallest + 777
+    with pytest.raises(MemoryBudgetError) as info:
+        plan_memory(
+            num_parameters=1000,
+            dtype=torch.float64,
+            num_batches=8,
+            budget_bytes=smallest + 776,
+            graph_bytes=777,
+        )
+    message = str(info.value)
+    assert "plus 777 B of activations in the 8 probe batches' gradient graphs" in message
+    assert "fewer or smaller batches" in message
+
+
+def _graph_bytes(batch_size: int, dtype: str) -> tuple[int, int]:
+    """(graph bytes of one batch, vector bytes) of a 3-layer tanh MLP at its initial θ."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 256),
+        torch.nn.Tanh(),
+        torch.nn.Linear(256, 256),
+        torch.nn.Tanh(),
+        torch.nn.Linear(256, 10),
+    ).double()
+    batches = classification_batches(k=2, b=batch_size, inputs=32, classes=10)
+    engine = LossEngine.create(
+        Probe.capture(model, torch.nn.functional.cross_entropy, batches), dtype=dtype
+    )
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(engine.dtype)
+    before = engine.cost.grad_batches
+    measured = engine.graph_bytes(theta)
+    assert engine.cost.grad_batches == before + 1, "the measurement is a counted gradient pass"
+    return measured, theta.numel() * theta.element_size()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_operators_graph_bytes_are_its_activations_not_the_model(dtype: str) -> None:
+    """What one batch's graph holds grows with the batch (4x the samples: 4x the bytes, to a
+    few scalars) and leaves out θ and the probe: under one vector for a small batch."""
+    small, vector = _graph_bytes(8, dtype)
+    large, _ = _graph_bytes(32, dtype)
+    assert 0 < small < vector / 2, "θ (one vector) is not counted"
+    assert large / small == pytest.approx(4.0, rel=0.01)
+
+
 def test_precision_policy() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_precision("auto", device=cpu, num_parameters=1000).dtype == "float64"
@@ -116,9 +178,13 @@ def test_chunked_plan_gives_the_same_numbers(run_dir: Path) -> None:
     # assembled block by block), and the report records both plans and the precision.
     free = analyze(run_dir, preset="quick")
     vb = free["run"]["memory_plan"]["vector_bytes"]
-    tight = analyze(run_dir, preset="quick", memory_budget=vb * (FIXED_VECTORS + 17 + 2))
+    graphs = free["run"]["memory_plan"]["graph_bytes"]
+    assert graphs > 0
+    budget = vb * (FIXED_VECTORS + 17 + 2) + graphs
+    tight = analyze(run_dir, preset="quick", memory_budget=budget)
     plan = tight["run"]["memory_plan"]
     assert (plan["batch_gradient_chunk"], plan["lanczos_max_vectors"]) == (1, 17)
+    assert plan["graph_bytes"] == graphs and plan["estimate_bytes"] == budget
     assert (
         plan["budget_source"] == "requested"
         and free["run"]["memory_plan"]["budget_source"] == "device"

@@ -97,20 +97,24 @@ class _Session:
             budget, source = available_memory(self.engine.device), "device"
         else:
             budget, source = parse_size(memory_budget), "requested"
-        # Before any work: a plan that cannot fit is an error that says what to lower.
+        element = torch.empty(0, dtype=self.engine.dtype).element_size()
+        map_large_allocations(num_parameters * element)  # RSS follows the tensors the plan counts
+        self.paths = dict(list_checkpoints(self.run_dir))
+        if not self.paths:
+            checkpoint_steps(self.run_dir)
+        first = min(self.paths)
+        self.theta0 = self.theta(first)[1]
+        # Before any quantity: a plan that cannot fit is an error that says what to lower. The
+        # operator's per-batch graphs are measured on one batch at θ₀ (one gradient pass).
+        graph_bytes = self.engine.graph_bytes(self.theta0) * self.engine.num_batches
         self.plan = plan_memory(
             num_parameters=num_parameters,
             dtype=self.engine.dtype,
             num_batches=self.engine.num_batches,
             budget_bytes=budget,
             budget_source=source,
+            graph_bytes=graph_bytes,
         )
-        map_large_allocations(self.plan.vector_bytes)  # RSS follows the tensors the plan counts
-        self.paths = dict(list_checkpoints(self.run_dir))
-        if not self.paths:
-            checkpoint_steps(self.run_dir)
-        first = min(self.paths)
-        self.theta0 = self.theta(first)[1]
 
     def load(self, step: int) -> Checkpoint:
         if step not in self.paths:

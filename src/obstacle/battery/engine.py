@@ -358,6 +358,41 @@ class LossEngine:
             params=leaves, roots=roots, grad=total, loss=value, engine=self, passes=len(chosen)
         )
 
+    def graph_bytes(self, theta: Tensor, batch: int = 0) -> int:
+        """Bytes the Hessian operator's graph of one probe batch holds at ``theta``, beyond θ and
+        the probe itself: the activations its products need (the forward's saved tensors and
+        those of the gradient's own backward). The operator keeps one such graph per batch.
+
+        Measured, not modelled: the graph is built as :meth:`hessian_operator` builds it (one
+        gradient pass of the batch, counted in ``cost``), walked for its saved tensors, and freed.
+        """
+        params = {
+            name: view.detach().requires_grad_(True)
+            for name, view in self.unflatten(theta.detach()).items()
+        }
+        leaves = list(params.values())
+        with torch.enable_grad():
+            loss = self._call(params, self.batches[batch])
+            with torch.autograd.graph.saved_tensors_hooks(_detached, lambda t: t):
+                grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        self.cost.grad += 1
+        self.cost.grad_batches += 1
+        roots = [loss.grad_fn, *(g.grad_fn for g in grads if g is not None)]
+        held = _saved_storages([r for r in roots if r is not None])
+        persistent = self._persistent_storages(theta)
+        return sum(nbytes for ptr, nbytes in held.items() if ptr not in persistent)
+
+    def _persistent_storages(self, theta: Tensor) -> set[int]:
+        """Storages that outlive any one graph: θ, buffers, constants, the probe's batches."""
+        tensors: list[Tensor] = [theta, *self.buffers.values()]
+        tensors += [value for kind, value in self.inputs if kind == "fixed"]
+        for batch in [*self.batches, *([self.validation] if self.validation is not None else [])]:
+            tensors += [t for t in batch if isinstance(t, Tensor)]
+        tensors += [t for _, t in self.graph.named_buffers()]
+        tensors += [t for _, t in self.graph.named_parameters()]
+        tensors += [t for t in vars(self.graph).values() if isinstance(t, Tensor)]
+        return {t.untyped_storage().data_ptr() for t in tensors}
+
     def _passes(self, batch: int | None) -> int:
         return len(self.batches) if batch is None else 1
 
@@ -452,6 +487,46 @@ class HessianOperator:
         self.engine.cost.hvp += 1
         self.engine.cost.hvp_batches += self.passes
         return out
+
+
+def _detached(t: Tensor) -> Tensor:
+    """A saved-tensor pack that keeps a detached alias (see ``hessian_operator``'s ``pack``)."""
+    return t.detach()
+
+
+# Per autograd node type, its attributes that hold saved tensors (``_saved_self``, ...).
+_SAVED_ATTRIBUTES: dict[type, tuple[str, ...]] = {}
+
+
+def _saved_storages(roots: Sequence[Any]) -> dict[int, int]:
+    """{storage data pointer: bytes} of every tensor the autograd graph below ``roots`` saved."""
+    held: dict[int, int] = {}
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        kind = type(node)
+        if kind not in _SAVED_ATTRIBUTES:
+            _SAVED_ATTRIBUTES[kind] = tuple(
+                a for a in dir(node) if a.startswith("_saved_") and not a.endswith(_SHAPE_SUFFIXES)
+            )
+        for attribute in _SAVED_ATTRIBUTES[kind]:
+            try:
+                value = getattr(node, attribute)
+            except RuntimeError:  # released, or not a tensor torch can hand out
+                continue
+            for t in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(t, Tensor) and t.device.type != "meta":
+                    storage = t.untyped_storage()
+                    held[storage.data_ptr()] = storage.nbytes()
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return held
+
+
+_SHAPE_SUFFIXES = ("_sym_sizes", "_sym_strides", "_sizes", "_strides", "_numel", "_dim", "_dtype")
 
 
 def _release(tensor: Tensor, saved: set[int]) -> None:

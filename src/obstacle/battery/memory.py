@@ -10,12 +10,18 @@ the sequence length. Counted in vectors of the model's size in the analysis dtyp
 - **per-batch gradients**: ``2 × batch_gradient_chunk`` (a chunk, and the optimizer steps made
   from it or a second chunk of the Gram matrix); all K only when they fit.
 
+Beside the vectors, **the Hessian operator's graphs** (``graph_bytes``): it keeps one gradient
+graph per probe batch, and each holds the activations its products need. They grow with the
+probe's batch size and sequence length, not with the parameters (a 25M-parameter GPT at 4 × 16
+tokens: 30 MiB per batch, 2.5 vectors for K = 8), so they are measured, not modelled: one batch's
+graph is built at θ₀ and walked for its saved tensors (:meth:`LossEngine.graph_bytes`), × K.
+
 ``plan_memory`` starts from the preferred plan (24 Lanczos vectors, all K gradients at once up
 to :data:`DEFAULT_BATCH_GRADIENT_BYTES`) and, over the budget, first takes the gradients in smaller chunks (more gradient passes), then
 shrinks the basis to :data:`MIN_PLANNED_VECTORS` (more HVPs). If even that does not fit it raises
-:class:`MemoryBudgetError` before any work, saying what to lower. Activations of the probe
-batches and the process itself (Python, torch: a few hundred MB) come on top; the estimate is
-what the battery's own tensors need. The default budget is what the device has free.
+:class:`MemoryBudgetError` before any quantity is computed, saying what to lower. The process
+itself (Python, torch: a few hundred MB) comes on top; the estimate is what the battery's own
+tensors need. The default budget is what the device has free.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class MemoryPlan:
     num_batches: int
     lanczos_max_vectors: int
     batch_gradient_chunk: int
+    graph_bytes: int  # the Hessian operator's K per-batch graphs (measured)
     estimate_bytes: int
     budget_bytes: int | None
     budget_source: str  # "requested", "device" or "none"
@@ -175,8 +182,8 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def _estimate(vector_bytes: int, vectors: int, chunk: int) -> int:
-    return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk)
+def _estimate(vector_bytes: int, vectors: int, chunk: int, graph_bytes: int) -> int:
+    return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk) + graph_bytes
 
 
 def plan_memory(
@@ -187,29 +194,41 @@ def plan_memory(
     budget_bytes: int | None,
     budget_source: str = "requested",
     max_vectors: int = DEFAULT_MAX_VECTORS,
+    graph_bytes: int = 0,
 ) -> MemoryPlan:
-    """The largest plan within ``budget_bytes`` (None: no limit); raises if none fits."""
+    """The largest plan within ``budget_bytes`` (None: no limit); raises if none fits.
+
+    ``graph_bytes``: what the Hessian operator's K per-batch graphs hold (measured by the caller).
+    """
     vector_bytes = num_parameters * torch.empty(0, dtype=dtype).element_size()
     vectors = max_vectors
     chunk = max(1, min(num_batches, DEFAULT_BATCH_GRADIENT_BYTES // max(vector_bytes, 1)))
     if budget_bytes is not None:
-        while _estimate(vector_bytes, vectors, chunk) > budget_bytes and chunk > 1:
+
+        def need() -> int:
+            return _estimate(vector_bytes, vectors, chunk, graph_bytes)
+
+        while need() > budget_bytes and chunk > 1:
             chunk = math.ceil(chunk / 2)
-        while (
-            _estimate(vector_bytes, vectors, chunk) > budget_bytes and vectors > MIN_PLANNED_VECTORS
-        ):
+        while need() > budget_bytes and vectors > MIN_PLANNED_VECTORS:
             vectors -= 1
-        need = _estimate(vector_bytes, vectors, chunk)
-        if need > budget_bytes:
+        if need() > budget_bytes:
             hint = "--dtype float32 (half the bytes per vector), " if dtype == torch.float64 else ""
+            graphs = (
+                f", plus {_fmt(graph_bytes)} of activations in the {num_batches} probe batches' "
+                "gradient graphs"
+                if graph_bytes
+                else ""
+            )
             raise MemoryBudgetError(
                 f"The analysis of a {num_parameters:,}-parameter model in "
-                f"{str(dtype).removeprefix('torch.')} needs at least {_fmt(need)} "
+                f"{str(dtype).removeprefix('torch.')} needs at least {_fmt(need())} "
                 f"({FIXED_VECTORS + vectors + 2 * chunk} vectors of {_fmt(vector_bytes)}: "
                 f"{FIXED_VECTORS} fixed, a {vectors}-vector Lanczos basis, per-batch gradients "
-                f"one at a time), but the memory budget is {_fmt(budget_bytes)} "
-                f"({budget_source}). Lower what it needs with {hint}a smaller model or probe, "
-                "or raise --memory-budget (OBSTACLE_MEMORY_BUDGET for a worker)."
+                f"one at a time{graphs}), but the memory budget is {_fmt(budget_bytes)} "
+                f"({budget_source}). Lower what it needs with {hint}a smaller model or a probe "
+                "of fewer or smaller batches, or raise --memory-budget (OBSTACLE_MEMORY_BUDGET "
+                "for a worker)."
             )
     return MemoryPlan(
         num_parameters=num_parameters,
@@ -218,7 +237,8 @@ def plan_memory(
         num_batches=num_batches,
         lanczos_max_vectors=vectors,
         batch_gradient_chunk=chunk,
-        estimate_bytes=_estimate(vector_bytes, vectors, chunk),
+        graph_bytes=graph_bytes,
+        estimate_bytes=_estimate(vector_bytes, vectors, chunk, graph_bytes),
         budget_bytes=budget_bytes,
         budget_source=budget_source if budget_bytes is not None else "none",
     )
