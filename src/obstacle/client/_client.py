@@ -231,7 +231,7 @@ class Client:
         """Upload a safetensors checkpoint (same bytes again is a no-op).
 
         ``data`` is its bytes, or its file (a path or ``FileBody``), which is sent from disk in
-        chunks and never read whole into memory.
+        chunks and never read whole into memory; a path is hashed while it is sent (read once).
         """
         body = _upload_body(data)
         answer = self._json(
