@@ -30,11 +30,14 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import mmap
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import Tensor
 
 from obstacle._validation import check_int
 from obstacle.battery.lanczos import DEFAULT_MAX_VECTORS
@@ -51,6 +54,7 @@ __all__ = [
     "map_large_allocations",
     "parse_size",
     "plan_memory",
+    "release_pages",
     "return_freed_memory_to_the_os",
 ]
 
@@ -117,6 +121,36 @@ def return_freed_memory_to_the_os() -> bool:
     """
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+_MADV_DONTNEED = 4  # Linux: the pages' memory is freed now; reading them later gives zeros
+
+
+def release_pages(tensor: Tensor) -> int:
+    """Give back to the OS the whole pages inside a contiguous CPU tensor whose values are no
+    longer needed (``madvise(MADV_DONTNEED)``, Linux); returns the bytes released, 0 when
+    nothing was done (another device, off Linux, or less than a page).
+
+    The tensor stays valid; the values in the released pages become zeros (the partial pages at
+    its ends, shared with memory outside it, are kept). For a block
+    of which a few rows are still used (Lanczos' basis when its Ritz vectors are formed in it).
+    """
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.numel() == 0:
+        return 0
+    libc = _libc()
+    if libc is None or not hasattr(libc, "madvise") or not sys.platform.startswith("linux"):
+        return 0
+    page = mmap.PAGESIZE
+    start = -(-tensor.data_ptr() // page) * page
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+    if end <= start:
+        return 0
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    if madvise(start, end - start, _MADV_DONTNEED) != 0:
+        return 0
+    return end - start
 
 
 # From this vector size the battery maps every allocation of MMAP_THRESHOLD_BYTES or more on its
