@@ -30,8 +30,10 @@ from .builders import CALIBRATION, HELD_OUT, LABELS, SCENARIOS, Episode, Scenari
 
 pytestmark = pytest.mark.slow
 
-# Builders must stay under 3 s of one CPU thread; the bound below leaves room for a slower CI host.
-CPU_SECONDS_BOUND = 6.0
+# Builders must stay under about 3 s of one CPU thread (AMD EPYC). This guards the suite's time
+# against a builder that grew by multiples, not speed (that is bench/'s job): hosts differ by 2×
+# and more (the float32 LSTM took 6.3–7.2 s of CPU on an Intel Xeon CI host, 2026-12-06).
+CPU_SECONDS_BOUND = 12.0
 # The optimizers whose checkpoints must carry their state.
 STATEFUL = ("Adam", "momentum")
 
