@@ -12,15 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from obstacle.battery.allocator import release_pages
 from obstacle.battery.analysis import analyze
 from obstacle.battery.engine import LossEngine
-from obstacle.battery.memory import (
-    FIXED_VECTORS,
-    MIN_PLANNED_VECTORS,
-    parse_size,
-    plan_memory,
-    release_pages,
-)
+from obstacle.battery.memory import FIXED_VECTORS, MIN_PLANNED_VECTORS, parse_size, plan_memory
 from obstacle.battery.precision import FLOAT64_MAX_PARAMETERS, choose_precision
 from obstacle.battery.probe import Probe
 from obstacle.cli import app

@@ -20,15 +20,10 @@ import torch
 
 from obstacle.artifacts.layout import PROBE_DIR, PROBE_MANIFEST, list_checkpoints
 from obstacle.artifacts.manifest import read_manifest
+from obstacle.battery.allocator import map_large_allocations, return_freed_memory_to_the_os
 from obstacle.battery.checkpoint import Checkpoint, load_checkpoint
 from obstacle.battery.engine import LossEngine, resolve_device
-from obstacle.battery.memory import (
-    available_memory,
-    map_large_allocations,
-    parse_size,
-    plan_memory,
-    return_freed_memory_to_the_os,
-)
+from obstacle.battery.memory import available_memory, parse_size, plan_memory
 from obstacle.battery.precision import choose_precision
 from obstacle.battery.presets import Preset, get_preset
 from obstacle.battery.probe import Probe

@@ -53,6 +53,7 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from obstacle._validation import check_choice, check_float, check_int
+from obstacle.battery.allocator import release_pages
 from obstacle.battery.reduce import BLOCK_BYTES, dot64, gram64, norm64
 from obstacle.errors import ConvergenceWarning, ParameterError
 
@@ -476,10 +477,8 @@ class _KrylovSchur:
         Made beside the basis they were its two largest allocations at the end of a run, the
         analysis' peak (bench/memory_phases.py, 25M-parameter GPT: 1.6 vectors above any
         product). In place, the rest of the block's pages are given back to the OS
-        (:func:`obstacle.battery.memory.release_pages`), so the two views hold two vectors.
+        (:func:`obstacle.battery.allocator.release_pages`), so the two views hold two vectors.
         """
-        from obstacle.battery.memory import release_pages
-
         _combine_rows(self._rows, np.stack([s_lo, s_hi], axis=1), self.size)
         self.size = 0
         release_pages(self._rows[2:])
