@@ -97,11 +97,10 @@ class _Session:
         self.paths = dict(list_checkpoints(self.run_dir))
         if not self.paths:
             checkpoint_steps(self.run_dir)
-        first = min(self.paths)
-        self.theta0 = self.theta(first)[1]
+        self.first = min(self.paths)
         # Before any quantity: a plan that cannot fit is an error that says what to lower. The
         # operator's per-batch graphs are measured on one batch at θ₀ (one gradient pass).
-        graph_bytes = self.engine.graph_bytes(self.theta0) * self.engine.num_batches
+        graph_bytes = self.engine.graph_bytes(self.theta0()) * self.engine.num_batches
         self.plan = plan_memory(
             num_parameters=num_parameters,
             dtype=self.engine.dtype,
@@ -117,6 +116,12 @@ class _Session:
                 f"{self.run_dir}: no checkpoint for step {step} (have {sorted(self.paths)})."
             )
         return load_checkpoint(self.paths[step], self.probe.manifest)
+
+    def theta0(self) -> torch.Tensor:
+        """θ at the run's first checkpoint, read from its file on each call: held through the
+        analysis it was one vector of the peak (a 25M-parameter float32 model: 1× the weights)
+        for one distance per checkpoint, and reading it again costs a checkpoint load."""
+        return self.theta(self.first)[1]
 
     def theta(self, step: int) -> tuple[Checkpoint, torch.Tensor]:
         """The checkpoint (its state dict dropped once flattened: θ holds it) and θ."""

@@ -3,7 +3,7 @@
 The analysis' peak is a small multiple of the model, independent of Lanczos iterations and of
 the sequence length. Counted in vectors of the model's size in the analysis dtype:
 
-- **fixed** (:data:`FIXED_VECTORS`): θ, θ₀, the gradient and its graph, a Hessian-vector
+- **fixed** (:data:`FIXED_VECTORS`): θ, the gradient and its graph, a Hessian-vector
   product and autograd's temporaries, Lanczos' work and Ritz vectors, a probe point of the
   escape test or a landscape plot, the checkpoint being read, the optimizer's state and step;
 - **Lanczos basis**: ``lanczos_max_vectors`` (thick restart keeps it fixed);
@@ -46,7 +46,7 @@ __all__ = [
     "plan_memory",
 ]
 
-FIXED_VECTORS = 12
+FIXED_VECTORS = 11
 # Per-batch gradients held at once by default, in bytes: all K for models up to 16 MB per vector
 # (K = 8), three of a 10M-parameter float32 model, one of a 25M one. Over it the Gram matrix is
 # built chunk by chunk (more gradient passes, a few % of a checkpoint's time beside Lanczos).

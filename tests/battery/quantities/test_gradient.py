@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 import obstacle
+from obstacle.artifacts.layout import list_checkpoints
+from obstacle.battery.analysis import SequenceAnalyzer
 from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.engine import LossEngine
 from obstacle.battery.probe import Probe
 from obstacle.battery.quantities.base import CheckpointContext
 from obstacle.battery.quantities.gradient import GradientNorm
-from support import classification_batches, quadratic_context, quadratic_engine, tiny_mlp
+from support import classification_batches, quadratic_context, quadratic_engine, tiny_mlp, write_run
 
 A = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
 CENTRES = [
@@ -54,6 +56,39 @@ def test_quadratic_gradient_parameter_norm_and_distance(engine: LossEngine) -> N
     )
     assert record["step_norm"] == pytest.approx(0.25 * float(g.norm()), rel=1e-14)
     assert record["cost"]["grad_evals"] == 1
+
+
+def test_theta0_given_as_a_reader_is_read_once_and_not_kept(engine: LossEngine) -> None:
+    """The analysis passes θ₀ as a function that reads the first checkpoint, so the vector lives
+    only while the distance is taken: the same distance, one read per record, nothing cached."""
+    theta = torch.tensor([0.3, -0.2, 1.1], dtype=torch.float64)
+    theta0 = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    reads: list[int] = []
+
+    def read() -> torch.Tensor:
+        reads.append(1)
+        return theta0.clone()
+
+    ctx = _ctx(engine, theta, lr=0.25, theta0=read)
+    record = GradientNorm()(ctx)
+    assert record["distance_from_start"] == pytest.approx(float((theta - theta0).norm()), rel=1e-14)
+    assert len(reads) == 1 and ctx.theta0 is read  # type: ignore[attr-defined]
+
+
+def test_analysis_distance_from_start_is_the_distance_between_the_files(tmp_path: Path) -> None:
+    """Through the analysis (θ₀ read from the first checkpoint when needed, not held)."""
+    batches = classification_batches(k=4, b=8)
+    run_dir = write_run(tmp_path / "run", tiny_mlp(5), nn.CrossEntropyLoss(), batches, steps=3)
+    analyzer = SequenceAnalyzer(run_dir, preset="quick", dtype="float64")
+    engine = analyzer.engine
+    paths = dict(list_checkpoints(run_dir))
+    first = engine.flatten(load_checkpoint(paths[0]).state)
+    for step in (1, 3):
+        theta = engine.flatten(load_checkpoint(paths[step]).state)
+        record = analyzer.record(step)
+        expected = float((theta - first).norm())
+        assert expected > 0
+        assert record["distance_from_start"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_without_first_checkpoint_distance_is_none(engine: LossEngine) -> None:

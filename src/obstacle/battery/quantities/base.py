@@ -11,7 +11,7 @@ the Hessian operator at θ — so that each is computed once per checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,7 +32,9 @@ class CheckpointContext:
     engine: LossEngine
     theta: Tensor
     checkpoint: Checkpoint
-    theta0: Tensor | None = None
+    # θ at the run's first checkpoint, or a function that reads it: the analysis passes a function,
+    # so θ₀ is a vector only while a quantity uses it, not through Lanczos (see start_point).
+    theta0: Tensor | Callable[[], Tensor] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     # carried across checkpoints of one sequential analysis (e.g. Lanczos warm starts)
     carry: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +50,11 @@ class CheckpointContext:
     @property
     def lr(self) -> float:
         return self.checkpoint.lr
+
+    def start_point(self) -> Tensor | None:
+        """θ₀, the run's first point (read now when :attr:`theta0` is a reader); None if unknown.
+        Not cached: the caller drops it when done."""
+        return self.theta0() if callable(self.theta0) else self.theta0
 
     def gradient(self) -> tuple[float, Tensor]:
         """(J, ∇J) of the probe loss at θ, computed once."""

@@ -32,7 +32,9 @@ class GradientNorm(Quantity):
             step_norm = float(model.step(g, theta).norm())
         else:
             reason = "the learning rate is unknown (legacy checkpoint): no step to measure"
-        distance = None if ctx.theta0 is None else float((theta - ctx.theta0).norm())
+        theta0 = ctx.start_point()
+        distance = None if theta0 is None else float((theta - theta0).norm())
+        del theta0
         return {
             "loss": loss,
             "grad_norm": float(g.norm()),
