@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -142,3 +143,21 @@ def quadratic_context(
         theta0=theta0,
         options=dict(options),
     )
+
+
+def status_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory field of ``/proc/PID/status`` in bytes (``VmRSS``: resident now, ``VmHWM``: peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int | str = "self") -> int:
+    """Reset a process's peak RSS (``VmHWM``) to its RSS now and return that RSS in bytes; skips
+    the test where the kernel does not allow it (``/proc/PID/clear_refs``)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError as exc:
+        pytest.skip(f"cannot reset the peak RSS of process {pid} ({exc})")
+    return status_bytes("VmRSS", pid)

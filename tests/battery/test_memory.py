@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from obstacle.battery.precision import FLOAT64_MAX_PARAMETERS, choose_precision
 from obstacle.battery.probe import Probe
 from obstacle.cli import app
 from obstacle.errors import MemoryBudgetError, ParameterError
-from support import classification_batches, tiny_mlp, write_run
+from support import classification_batches, status_bytes, tiny_mlp, write_run
 
 
 @pytest.mark.parametrize(
@@ -275,26 +276,19 @@ def test_a_hessian_vector_product_holds_the_same_whatever_the_number_of_batches(
     }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
 def test_release_pages_returns_the_tail_of_a_block_and_keeps_its_head() -> None:
     rows = torch.ones(8, 2**21)  # 8 rows of 8 MiB, all resident
-    before = _rss_bytes()
+    before = status_bytes("VmRSS")
     released = release_pages(rows[2:])
-    after = _rss_bytes()
+    after = status_bytes("VmRSS")
     tail = 6 * 2**21 * 4
-    assert tail - 4096 <= released <= tail
+    page = mmap.PAGESIZE
+    assert tail - page <= released <= tail
     assert before - after >= 0.9 * tail, (before, after)
     assert bool((rows[:2] == 1).all())  # the rows still used keep their values
     # The released pages read as zeros, not garbage; at most a page at each end (shared with
     # memory outside the tensor) keeps its values.
-    assert int((rows[2:] != 0).sum()) <= 2 * 4096 // 4
+    assert int((rows[2:] != 0).sum()) <= 2 * page // 4
     assert release_pages(torch.ones(8)) == 0  # less than a page: nothing to give back
     assert release_pages(rows.T) == 0  # not contiguous: refused

@@ -24,6 +24,7 @@ import obstacle
 from obstacle.artifacts.layout import checkpoint_filename
 from obstacle.battery.checkpoint import CHECKPOINT_FORMAT
 from obstacle.client import Client, FileBody
+from support import reset_peak_rss, status_bytes
 
 from .conftest import Service
 
@@ -34,26 +35,6 @@ COLUMNS = 8192
 STEP = 10
 # "Flat" memory: each side grows by well under the file it moved (about 4 MB and 20 MB measured).
 MAX_GROWTH = SIZE_MIB * (1 << 20) // 4
-
-
-def _status_kib(pid: int | str, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def _reset_peak(pid: int | str) -> int:
-    """Reset the process's peak RSS to its RSS now; that RSS in bytes."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError as exc:
-        pytest.skip(f"cannot reset the peak RSS of process {pid} ({exc})")
-    return _status_kib(pid, "VmRSS") * 1024
-
-
-def _peak(pid: int | str) -> int:
-    return _status_kib(pid, "VmHWM") * 1024
 
 
 def write_checkpoint(path: Path, rows: int, *, step: int) -> None:
@@ -120,14 +101,14 @@ print(json.dumps({"growth": growth, "run": result.run.id, "uploaded": result.upl
 def test_a_large_checkpoint_streams_in_flat_memory(service: Service, large_run: Path) -> None:
     assert service.pid is not None
     checkpoint = large_run / "checkpoints" / checkpoint_filename(STEP)
-    server_before = _reset_peak(service.pid)
+    server_before = reset_peak_rss(service.pid)
     done = subprocess.run(
         [sys.executable, "-c", CLIENT, service.url, service.token, str(large_run)],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    server_growth = _peak(service.pid) - server_before
+    server_growth = status_bytes("VmHWM", service.pid) - server_before
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["uploaded"] == [STEP]
