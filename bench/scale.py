@@ -5,6 +5,8 @@
     python bench/scale.py --memory-budget 4GiB              # analyze(memory_budget=...)
     python bench/scale.py --compare-max-iter 100 400 --lanczos-tol 1e-300 --models mlp --sizes 10M
     python bench/scale.py --write                           # also bench/results-scale-cpu.txt
+    python bench/scale.py --models gpt2 --sizes 124M --device cuda --reference-dtype float64 --write
+                                                            # the GPU row: results-scale-gpu.txt
 
 Each row builds a run in a temporary directory (a probe of the preset's number of batches of 4
 samples, 3 checkpoints 5 SGD+momentum steps apart, float32 weights), then analyses it with
@@ -14,6 +16,11 @@ RSS right after importing torch and obstacle (the base, most of which is torch),
 battery's floor on the same engine after the peak is read: its single-batch loss, gradient and
 HVP passes priced at unit costs measured there (``_floor.py``, as ``battery_floor.py``); wall /
 floor is the checkpoint phase's wall time over that floor (the run-level tests are not in it).
+On ``--device cuda`` the row's peak is ``torch.cuda.max_memory_allocated`` (the battery's tensors
+live on the device; RSS is shown beside it). ``--reference-dtype float64`` analyses each row a
+second time in that precision and compares the last checkpoint's λmin and λmax, relative to
+max(|λ|, 1e-2·λmax) as the issue states. ``gpt2`` is GPT-2 small's shape (12 blocks, 64-wide
+heads, 50,257-token vocabulary, 1,024 positions, tied head): ``--sizes 124M`` is GPT-2 small.
 "plan MiB" is the battery's own estimate of its tensors (``report["run"]["memory_plan"]``). With ``--dtype
 auto`` the battery picks the precision per row (float64 up to 1M parameters on CPU).
 
@@ -59,10 +66,12 @@ from obstacle.battery.checkpoint import load_checkpoint
 from obstacle.battery.engine import Cost, LossEngine
 
 RESULTS = Path(__file__).with_name("results-scale-cpu.txt")
+RESULTS_GPU = Path(__file__).with_name("results-scale-gpu.txt")
 BATCH = 4  # samples per probe batch (--batch)
 IMAGE = 8  # side of the MLP's and the CNN's inputs
 SEQUENCE = 16  # tokens per GPT sample
 VOCAB = 256
+GPT2_VOCAB = 50257
 CLASSES = 10
 CHECKPOINTS = 3
 STEPS_BETWEEN = 5
@@ -117,12 +126,19 @@ class CausalBlock(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    """Token and learned position embeddings, four causal blocks, final LayerNorm, tied head."""
+    """Token and learned position embeddings, causal blocks, final LayerNorm, tied head."""
 
-    def __init__(self, width: int, heads: int = 4, depth: int = 4) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int = 4,
+        depth: int = 4,
+        vocab: int = VOCAB,
+        context: int = SEQUENCE,
+    ) -> None:
         super().__init__()
-        self.tokens = nn.Embedding(VOCAB, width)
-        self.positions = nn.Parameter(0.02 * torch.randn(SEQUENCE, width))
+        self.tokens = nn.Embedding(vocab, width)
+        self.positions = nn.Parameter(0.02 * torch.randn(context, width))
         self.blocks = nn.Sequential(*(CausalBlock(width, heads) for _ in range(depth)))
         self.ln = nn.LayerNorm(width)
 
@@ -130,6 +146,12 @@ class TinyGPT(nn.Module):
         x = self.tokens(idx) + self.positions[: idx.shape[1]]
         logits: Tensor = self.ln(self.blocks(x)) @ self.tokens.weight.t()
         return logits
+
+
+def gpt2_shaped(width: int) -> TinyGPT:
+    """GPT-2 small's shape: 12 blocks of 64-wide heads, its 50,257-token vocabulary and 1,024
+    positions, tied head; width 768 is GPT-2 small itself (124,439,808 parameters)."""
+    return TinyGPT(width, heads=max(1, width // 64), depth=12, vocab=GPT2_VOCAB, context=1024)
 
 
 def sequence_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -148,15 +170,15 @@ def _image_batches(
     return batches
 
 
-def _token_batches(count: int, size: int, g: torch.Generator) -> list[Batch]:
+def _token_batches(count: int, size: int, g: torch.Generator, vocab: int = VOCAB) -> list[Batch]:
     """Sequences from a noisy bigram teacher (next = perm[current] 80% of the time)."""
-    perm = torch.randperm(VOCAB, generator=g)
+    perm = torch.randperm(vocab, generator=g)
     batches = []
     for _ in range(count):
         seq = torch.empty(size, SEQUENCE + 1, dtype=torch.long)
-        seq[:, 0] = torch.randint(0, VOCAB, (size,), generator=g)
+        seq[:, 0] = torch.randint(0, vocab, (size,), generator=g)
         for t in range(SEQUENCE):
-            noise = torch.randint(0, VOCAB, (size,), generator=g)
+            noise = torch.randint(0, vocab, (size,), generator=g)
             keep = torch.rand(size, generator=g) < 0.8
             seq[:, t + 1] = torch.where(keep, perm[seq[:, t]], noise)
         batches.append((seq[:, :-1].contiguous(), seq[:, 1:].contiguous()))
@@ -180,6 +202,14 @@ FAMILIES = {
         "cnn", cnn, 1, lambda k, b, g: _image_batches((3, IMAGE, IMAGE), k, b, g), F.cross_entropy
     ),
     "gpt": Family("gpt", TinyGPT, 4, _token_batches, sequence_cross_entropy),
+    # The issue's GPU row: --models gpt2 --sizes 124M --device cuda --reference-dtype float64
+    "gpt2": Family(
+        "gpt2",
+        gpt2_shaped,
+        64,
+        lambda k, b, g: _token_batches(k, b, g, GPT2_VOCAB),
+        sequence_cross_entropy,
+    ),
 }
 
 
@@ -262,10 +292,15 @@ def analyse_once(args: argparse.Namespace) -> dict[str, Any]:
             run_started.append(time.perf_counter())
             checkpoint_peak.append(_proc_status_mb("VmHWM"))  # before the run-level tests
 
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     report = analyze(
         args.one,
         preset=args.preset,
+        device=args.device,
         dtype=args.dtype,
         memory_budget=args.memory_budget,
         progress=progress,
@@ -273,6 +308,8 @@ def analyse_once(args: argparse.Namespace) -> dict[str, Any]:
     end = time.perf_counter()
     peak_mb = _proc_status_mb("VmHWM")  # before the floor below allocates anything
     rss_after_mb = _proc_status_mb("VmRSS")
+    # On CUDA the battery's tensors are on the device: its peak is the caching allocator's.
+    device_peak_mb = torch.cuda.max_memory_allocated() / MIB if cuda else None
 
     records = report["checkpoints"]
     used = Cost()
@@ -287,7 +324,9 @@ def analyse_once(args: argparse.Namespace) -> dict[str, Any]:
     resolved = report["run"]["dtype"]
 
     steps = list_checkpoints(args.one)
-    engine = LossEngine.create(load_probe(args.one), dtype=resolved, max_batches=1)
+    engine = LossEngine.create(
+        load_probe(args.one), device=args.device, dtype=resolved, max_batches=1
+    )
     theta = engine.flatten(load_checkpoint(steps[-1][1], engine.probe.manifest).state)
     units = unit_costs(engine, theta, budget_s=2.0)
     checkpoint_wall = marks[-1] - marks[0]
@@ -301,6 +340,8 @@ def analyse_once(args: argparse.Namespace) -> dict[str, Any]:
         "memory_plan": report["run"].get("memory_plan"),
         "base_rss_mb": base_mb,
         "peak_rss_mb": peak_mb,
+        "device": args.device,
+        "device_peak_mb": device_peak_mb,
         "checkpoint_peak_rss_mb": checkpoint_peak[0],
         "rss_after_mb": rss_after_mb,
         "setup_s": marks[0] - start,
@@ -321,9 +362,12 @@ def analyse_once(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(
-    family: Family, target: int, args: argparse.Namespace, max_iters: Sequence[int | None]
+    family: Family,
+    target: int,
+    args: argparse.Namespace,
+    children: Sequence[tuple[int | None, str]],
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Build the row's run once, then analyse it in one child per ``max_iters`` entry."""
+    """Build the row's run once, then analyse it in one child per ``(lanczos_max_iter, dtype)``."""
     width = width_for(family, target)
     probe_batches = presets.get_preset(args.preset).max_batches
     results = []
@@ -335,8 +379,8 @@ def measure(
             f"{family.name} ~{_size(target)}: width {width}, {n:,} parameters; "
             f"run built in {time.perf_counter() - start:.1f} s"
         )
-        for max_iter in max_iters:
-            results.append(_child(run_dir, args, max_iter))
+        for max_iter, dtype in children:
+            results.append(_child(run_dir, args, max_iter, dtype))
             _log("  " + _summary(results[-1]))
     return n, results
 
@@ -350,14 +394,22 @@ def _summary(r: dict[str, Any]) -> str:
         f"{r['lanczos_tol']:g}, {r['dtype']}): "
         f"setup {r['setup_s']:.1f} s, checkpoints {checkpoints} s, run level {r['run_level_s']:.1f} s; "
         f"peak RSS {r['peak_rss_mb']:.0f} MiB ({r['checkpoint_peak_rss_mb']:.0f} MiB by the end of "
-        f"the checkpoints); Lanczos matvecs {r['matvecs']}; unit ms "
+        f"the checkpoints); "
+        + (
+            f"peak CUDA {r['device_peak_mb']:.0f} MiB; "
+            if r.get("device_peak_mb") is not None
+            else ""
+        )
+        + f"Lanczos matvecs {r['matvecs']}; unit ms "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["unit_ms"].items())
     )
 
 
-def _child(run_dir: Path, args: argparse.Namespace, max_iter: int | None) -> dict[str, Any]:
+def _child(
+    run_dir: Path, args: argparse.Namespace, max_iter: int | None, dtype: str
+) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__)), "--one", str(run_dir), "--preset", args.preset]
-    command += ["--dtype", args.dtype]
+    command += ["--dtype", dtype, "--device", args.device]
     if max_iter is not None:
         command += ["--lanczos-max-iter", str(max_iter)]
     if args.lanczos_tol is not None:
@@ -429,6 +481,61 @@ def grid_table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def device_table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
+    """The grid on CUDA: the peak is ``torch.cuda.max_memory_allocated`` (the battery's tensors)."""
+    head = (
+        "| model | parameters | fp32 weights MiB | dtype | peak CUDA MiB | plan MiB "
+        "| peak CUDA / weights | peak RSS MiB | s / checkpoint | wall / floor "
+        "| HVPs / checkpoint | λmin | λmax |"
+    )
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
+    for name, n, r in rows:
+        weights = 4 * n / MIB
+        if "error" in r:
+            lines.append(f"| {name} | {n:,} | {weights:.1f} | {r['error']} |" + " |" * 9)
+            continue
+        lines.append(
+            f"| {name} | {n:,} | {weights:.1f} | {r['dtype']} | {r['device_peak_mb']:.0f} "
+            f"| {_plan_mb(r)} | {r['device_peak_mb'] / weights:.1f} | {r['peak_rss_mb']:.0f} "
+            f"| {_mean(r['checkpoint_s']):.1f} | {r['wall_over_floor']:.2f} "
+            f"| {_mean(r['hvps']):.0f} | {_num(r['lambda_min'], '.4g')} "
+            f"| {_num(r['lambda_max'], '.4g')} |"
+        )
+    return "\n".join(lines)
+
+
+def extreme_error(value: float | None, reference: float | None, lambda_max: float | None) -> float:
+    """|λ − λ_ref| relative to max(|λ_ref|, 1e-2·|λmax_ref|), the issue's accuracy measure."""
+    if value is None or reference is None or lambda_max is None:
+        return math.nan
+    return abs(value - reference) / max(abs(reference), 1e-2 * abs(lambda_max), 1e-300)
+
+
+def reference_table(rows: list[tuple[str, int, list[dict[str, Any]]]]) -> str:
+    """The last checkpoint's extremes in the row's precision against the reference precision's
+    (the issue's bar: within 1e-3 relative to max(|λ|, 1e-2·λmax))."""
+    head = (
+        "| model | parameters | dtype | λmin | λmax | reference dtype | λmin | λmax "
+        "| λmin error | λmax error | s / checkpoint | reference s / checkpoint |"
+    )
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
+    for name, n, (r, ref) in rows:
+        if "error" in r or "error" in ref:
+            errors = ", ".join(x.get("error", "ok") for x in (r, ref))
+            lines.append(f"| {name} | {n:,} | {errors} |" + " |" * 9)
+            continue
+        top = ref["lambda_max"]
+        lines.append(
+            f"| {name} | {n:,} | {r['dtype']} | {_num(r['lambda_min'], '.6g')} "
+            f"| {_num(r['lambda_max'], '.6g')} | {ref['dtype']} | {_num(ref['lambda_min'], '.6g')} "
+            f"| {_num(top, '.6g')} "
+            f"| {extreme_error(r['lambda_min'], ref['lambda_min'], top):.1e} "
+            f"| {extreme_error(r['lambda_max'], top, top):.1e} "
+            f"| {_mean(r['checkpoint_s']):.1f} | {_mean(ref['checkpoint_s']):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def compare_table(rows: list[tuple[str, int, list[dict[str, Any]]]], iters: list[int]) -> str:
     a, b = iters
     head = (
@@ -488,6 +595,17 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="auto", help="passed to analyze (default: auto)")
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="passed to analyze (default: cpu); on cuda the peak is torch.cuda.max_memory_allocated",
+    )
+    parser.add_argument(
+        "--reference-dtype",
+        metavar="DTYPE",
+        help="analyse each row again in this dtype (float64) and compare the last checkpoint's "
+        "λmin and λmax, relative to max(|λ|, 1e-2·λmax)",
+    )
+    parser.add_argument(
         "--lanczos-max-iter",
         type=int,
         help="override the preset's Lanczos cap (HVPs per checkpoint)",
@@ -513,7 +631,11 @@ def main() -> None:
         "tensors to the system at once, so the peak counts live tensors, not the heap glibc keeps "
         "(slower: every large tensor is fresh pages)",
     )
-    parser.add_argument("--write", action="store_true", help=f"write the table to {RESULTS.name}")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"write the table to {RESULTS.name} ({RESULTS_GPU.name} with --device cuda)",
+    )
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child mode: one run dir
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -521,7 +643,11 @@ def main() -> None:
         print(json.dumps(analyse_once(args)))
         return
 
+    cuda = torch.device(args.device).type == "cuda"
+    if args.reference_dtype and args.compare_max_iter:
+        parser.error("--reference-dtype and --compare-max-iter: one comparison at a time")
     extras = [
+        f"device {args.device}",
         f"preset {args.preset}",
         f"probe batch {args.batch}",
         f"dtype {args.dtype}",
@@ -534,6 +660,8 @@ def main() -> None:
         extras.append(f"memory budget {args.memory_budget}")
     if args.malloc_mmap_threshold is not None:
         extras.append(f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}")
+    if args.reference_dtype:
+        extras.append(f"reference dtype {args.reference_dtype}")
     machine = describe_machine(*extras)
     print(machine, flush=True)
     started = time.perf_counter()
@@ -543,7 +671,8 @@ def main() -> None:
         pairs = []
         for name in args.models:
             for target in targets:
-                n, results = measure(FAMILIES[name], target, args, iters)
+                children = [(i, args.dtype) for i in iters]
+                n, results = measure(FAMILIES[name], target, args, children)
                 pairs.append((name, n, results))
         title = (
             f"Peak RSS against lanczos_max_iter {iters[0]} and {iters[1]}: "
@@ -551,13 +680,20 @@ def main() -> None:
         )
         table = compare_table(pairs, iters)
     else:
-        rows = []
+        rows, pairs = [], []
         for name in args.models:
             for target in targets:
-                n, (result,) = measure(FAMILIES[name], target, args, [args.lanczos_max_iter])
-                rows.append((name, n, result))
-        title = f"Grid: {' '.join(args.models)} × {' '.join(args.sizes)}"  # one section per grid
-        table = grid_table(rows)
+                children = [(args.lanczos_max_iter, args.dtype)]
+                if args.reference_dtype:
+                    children.append((args.lanczos_max_iter, args.reference_dtype))
+                n, results = measure(FAMILIES[name], target, args, children)
+                rows.append((name, n, results[0]))
+                pairs.append((name, n, results))
+        where = f" on {args.device}" if cuda else ""
+        title = f"Grid{where}: {' '.join(args.models)} × {' '.join(args.sizes)}"  # one per grid
+        table = device_table(rows) if cuda else grid_table(rows)
+        if args.reference_dtype:
+            table += "\n\nAgainst " + args.reference_dtype + ":\n\n" + reference_table(pairs)
     elapsed = time.perf_counter() - started
     print("\n" + table)
     print(f"\n{len(args.models) * len(targets)} row(s) in {elapsed / 60:.1f} min")
@@ -565,8 +701,9 @@ def main() -> None:
         command = "python bench/scale.py " + shlex.join(sys.argv[1:])
         stamp = datetime.date.today().isoformat()
         body = f"{stamp}: `{command}`\n\n{machine}\n\n{table}\n"
-        write_section(RESULTS, title, body)
-        print(f"written: {RESULTS}")
+        results = RESULTS_GPU if cuda else RESULTS
+        write_section(results, title, body)
+        print(f"written: {results}")
 
 
 if __name__ == "__main__":
