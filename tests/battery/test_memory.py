@@ -15,8 +15,15 @@ from typer.testing import CliRunner
 
 from obstacle.battery.allocator import release_pages
 from obstacle.battery.analysis import analyze
-from obstacle.battery.engine import LossEngine
-from obstacle.battery.memory import FIXED_VECTORS, MIN_PLANNED_VECTORS, parse_size, plan_memory
+from obstacle.battery.engine import LossEngine, OperatorMemory
+from obstacle.battery.memory import (
+    FIXED_VECTORS,
+    MIN_PLANNED_VECTORS,
+    PRODUCT_TEMPORARY_VECTORS,
+    MemoryPlan,
+    parse_size,
+    plan_memory,
+)
 from obstacle.battery.precision import FLOAT64_MAX_PARAMETERS, choose_precision
 from obstacle.battery.probe import Probe
 from obstacle.cli import app
@@ -88,53 +95,73 @@ def test_impossible_budget_says_what_to_lower() -> None:
     assert f"{FIXED_VECTORS + MIN_PLANNED_VECTORS + 2} vectors" in message
 
 
-def test_the_operators_graphs_are_planned_and_a_budget_they_overflow_says_so() -> None:
+def test_the_operators_activations_are_planned_and_a_budget_they_overflow_says_so() -> None:
     vb = 8000  # 1000 float64 parameters
+    # A product making 300 B beyond the vector of temporaries the fixed vectors allow.
+    graphs, product = 777, PRODUCT_TEMPORARY_VECTORS * vb + 300
     plan = plan_memory(
-        num_parameters=1000, dtype=torch.float64, num_batches=8, budget_bytes=None, graph_bytes=777
-    )
-    assert plan.graph_bytes == 777
-    assert plan.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8) + 777
-    smallest = vb * (FIXED_VECTORS + MIN_PLANNED_VECTORS + 2)
-    fits = plan_memory(
         num_parameters=1000,
         dtype=torch.float64,
         num_batches=8,
-        budget_bytes=smallest + 777,
-        graph_bytes=777,
+        budget_bytes=None,
+        graph_bytes=graphs,
+        product_bytes=product,
     )
-    assert fits.lanczos_max_vectors == MIN_PLANNED_VECTORS and fits.estimate_bytes == smallest + 777
-    with pytest.raises(MemoryBudgetError) as info:
-        plan_memory(
+    assert (plan.graph_bytes, plan.product_bytes) == (graphs, product)
+    assert plan.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8) + graphs + 300
+    smallest = vb * (FIXED_VECTORS + MIN_PLANNED_VECTORS + 2) + graphs + 300
+
+    def planned(budget: int) -> MemoryPlan:
+        return plan_memory(
             num_parameters=1000,
             dtype=torch.float64,
             num_batches=8,
-            budget_bytes=smallest + 776,
-            graph_bytes=777,
+            budget_bytes=budget,
+            graph_bytes=graphs,
+            product_bytes=product,
         )
+
+    fits = planned(smallest)
+    assert fits.lanczos_max_vectors == MIN_PLANNED_VECTORS and fits.estimate_bytes == smallest
+    with pytest.raises(MemoryBudgetError) as info:
+        planned(smallest - 1)
     message = str(info.value)
-    assert "plus 777 B of activations in the 8 probe batches' gradient graphs" in message
+    assert (
+        "plus 1.1 KiB of activations (777 B in the 8 probe batches' gradient graphs, 300 B of "
+        "one product's temporaries beyond a vector)" in message
+    )
     assert "fewer or smaller batches" in message
+    # Within the vector the fixed ones allow, a product adds nothing.
+    within = plan_memory(
+        num_parameters=1000,
+        dtype=torch.float64,
+        num_batches=8,
+        budget_bytes=None,
+        product_bytes=PRODUCT_TEMPORARY_VECTORS * vb,
+    )
+    assert within.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8)
 
 
-def _graph_bytes(batch_size: int, dtype: str) -> tuple[int, int]:
-    """(graph bytes of one batch, vector bytes) of a 3-layer tanh MLP at its initial θ."""
+def _operator_memory(batch_size: int, dtype: str, classes: int = 10) -> tuple[OperatorMemory, int]:
+    """(one batch's operator memory, vector bytes) of a 3-layer tanh MLP at its initial θ."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(32, 256),
         torch.nn.Tanh(),
         torch.nn.Linear(256, 256),
         torch.nn.Tanh(),
-        torch.nn.Linear(256, 10),
+        torch.nn.Linear(256, classes),
     ).double()
-    batches = classification_batches(k=2, b=batch_size, inputs=32, classes=10)
+    batches = classification_batches(k=2, b=batch_size, inputs=32, classes=classes)
     engine = LossEngine.create(
         Probe.capture(model, torch.nn.functional.cross_entropy, batches), dtype=dtype
     )
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(engine.dtype)
-    before = engine.cost.grad_batches
-    measured = engine.graph_bytes(theta)
-    assert engine.cost.grad_batches == before + 1, "the measurement is a counted gradient pass"
+    before = (engine.cost.grad_batches, engine.cost.hvp_batches)
+    measured = engine.operator_memory(theta)
+    assert (engine.cost.grad_batches, engine.cost.hvp_batches) == (before[0] + 1, before[1] + 1), (
+        "the measurement is a counted gradient pass and a counted product"
+    )
     return measured, theta.numel() * theta.element_size()
 
 
@@ -142,10 +169,72 @@ def _graph_bytes(batch_size: int, dtype: str) -> tuple[int, int]:
 def test_the_operators_graph_bytes_are_its_activations_not_the_model(dtype: str) -> None:
     """What one batch's graph holds grows with the batch (4x the samples: 4x the bytes, to a
     few scalars) and leaves out θ and the probe: under one vector for a small batch."""
-    small, vector = _graph_bytes(8, dtype)
-    large, _ = _graph_bytes(32, dtype)
-    assert 0 < small < vector / 2, "θ (one vector) is not counted"
-    assert large / small == pytest.approx(4.0, rel=0.01)
+    small, vector = _operator_memory(8, dtype)
+    large, _ = _operator_memory(32, dtype)
+    assert 0 < small.graph_bytes < vector / 2, "θ (one vector) is not counted"
+    assert large.graph_bytes / small.graph_bytes == pytest.approx(4.0, rel=0.01)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_products_temporaries_grow_with_the_batch_and_the_output(dtype: str) -> None:
+    """Once activations dominate it (from 256 samples here; at 64 the peak falls where the
+    parameter-shaped pieces are), the peak of one product's temporaries is linear in the batch:
+    4x the step in samples, 4x the step in bytes (to 5%; measured 4.00). A 4,000-class softmax
+    makes logits-sized ones: at least two beyond the 10-class product."""
+    p256, p1024, p4096 = (_operator_memory(b, dtype)[0].product_bytes for b in (256, 1024, 4096))
+    assert 0 < p256 < p1024 < p4096
+    assert (p4096 - p1024) / (p1024 - p256) == pytest.approx(4.0, rel=0.05)
+    wide = _operator_memory(256, dtype, classes=4000)[0].product_bytes
+    logits = 256 * 4000 * (8 if dtype == "float64" else 4)
+    assert wide - p256 >= 2 * logits, (wide - p256) / logits
+
+
+_PRODUCT_PEAK_SCRIPT = """
+import torch
+from torch import nn
+import obstacle
+from obstacle.battery.engine import LossEngine
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 4000))
+batches = [(torch.randn(2048, 64), torch.randint(0, 4000, (2048,))) for _ in range(2)]
+probe = obstacle.Probe.capture(model, nn.functional.cross_entropy, batches)
+engine = LossEngine.create(probe, dtype="float32", max_batches=1)
+theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+measured = engine.operator_memory(theta).product_bytes
+op = engine.hessian_operator(theta)
+v = torch.randn(theta.numel())
+out = torch.zeros_like(theta)
+op(v, out=out)  # the first product builds autograd's buffers
+status = lambda field: next(
+    int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field)
+)
+before = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+op(v, out=out)
+print(status("VmHWM:") - before, measured, theta.numel() * 4)
+"""
+
+
+@pytest.mark.slow
+def test_a_products_measured_temporaries_are_what_the_process_holds(tmp_path: Path) -> None:
+    # A 4,000-class softmax over 2,048 samples (33 MB of logits) on a 1M-parameter model (4 MB
+    # vectors): the product's temporaries are 33 vectors, which a plan counting vectors alone
+    # missed. The peak RSS of a real product (glibc mapping each block on its own, so RSS
+    # follows the tensors) against LiveBytes' count: measured 137.2 MB against 137.3 MB.
+    script = tmp_path / "product_peak.py"
+    script.write_text(_PRODUCT_PEAK_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)},
+    )
+    held, measured, vector = (int(x) for x in done.stdout.split())
+    assert held > 10 * vector, "the temporaries are activations, far beyond a vector"
+    # Tolerance: 10% either way (the process's own small allocations, page rounding).
+    assert measured == pytest.approx(held, rel=0.10), (held, measured)
 
 
 def test_precision_policy() -> None:
@@ -182,12 +271,15 @@ def test_chunked_plan_gives_the_same_numbers(run_dir: Path) -> None:
     free = analyze(run_dir, preset="quick")
     vb = free["run"]["memory_plan"]["vector_bytes"]
     graphs = free["run"]["memory_plan"]["graph_bytes"]
-    assert graphs > 0
-    budget = vb * (FIXED_VECTORS + 17 + 2) + graphs
+    product = free["run"]["memory_plan"]["product_bytes"]
+    assert graphs > 0 and product > 0
+    beyond = max(0, product - PRODUCT_TEMPORARY_VECTORS * vb)
+    budget = vb * (FIXED_VECTORS + 17 + 2) + graphs + beyond
     tight = analyze(run_dir, preset="quick", memory_budget=budget)
     plan = tight["run"]["memory_plan"]
     assert (plan["batch_gradient_chunk"], plan["lanczos_max_vectors"]) == (1, 17)
-    assert plan["graph_bytes"] == graphs and plan["estimate_bytes"] == budget
+    assert (plan["graph_bytes"], plan["product_bytes"]) == (graphs, product)
+    assert plan["estimate_bytes"] == budget
     assert (
         plan["budget_source"] == "requested"
         and free["run"]["memory_plan"]["budget_source"] == "device"
@@ -228,7 +320,7 @@ _HVP_PEAK_SCRIPT = """
 import sys, torch
 from torch import nn
 import obstacle
-from obstacle.battery.engine import LossEngine
+from obstacle.battery.engine import LossEngine, OperatorMemory
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(1000, 1000), nn.Tanh(), nn.Linear(1000, 1000), nn.Tanh(), nn.Linear(1000, 10))
 batches = [(torch.randn(4, 1000), torch.randint(0, 10, (4,))) for _ in range(8)]

@@ -98,16 +98,18 @@ class _Session:
         if not self.paths:
             checkpoint_steps(self.run_dir)
         self.first = min(self.paths)
-        # Before any quantity: a plan that cannot fit is an error that says what to lower. The
-        # operator's per-batch graphs are measured on one batch at θ₀ (one gradient pass).
-        graph_bytes = self.engine.graph_bytes(self.theta0()) * self.engine.num_batches
+        # Before any quantity: a plan that cannot fit is an error that says what to lower. What
+        # the operator needs beside the vectors is measured on one batch at θ₀ (one gradient
+        # pass, one product).
+        operator = self.engine.operator_memory(self.theta0())
         self.plan = plan_memory(
             num_parameters=num_parameters,
             dtype=self.engine.dtype,
             num_batches=self.engine.num_batches,
             budget_bytes=budget,
             budget_source=source,
-            graph_bytes=graph_bytes,
+            graph_bytes=operator.graph_bytes * self.engine.num_batches,
+            product_bytes=operator.product_bytes,
         )
 
     def load(self, step: int) -> Checkpoint:

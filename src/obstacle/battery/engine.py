@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from obstacle._validation import check_choice, check_int
+from obstacle.battery.live_bytes import LiveBytes
 from obstacle.battery.probe import _MODEL_PREFIX, Batch, Probe
 from obstacle.battery.program_dtype import cast_graph, run_graph
 from obstacle.errors import CheckpointError, DeviceError, ParameterError
@@ -358,29 +359,26 @@ class LossEngine:
             params=leaves, roots=roots, grad=total, loss=value, engine=self, passes=len(chosen)
         )
 
-    def graph_bytes(self, theta: Tensor, batch: int = 0) -> int:
-        """Bytes the Hessian operator's graph of one probe batch holds at ``theta``, beyond θ and
-        the probe itself: the activations its products need (the forward's saved tensors and
-        those of the gradient's own backward). The operator keeps one such graph per batch.
+    def operator_memory(self, theta: Tensor, batch: int = 0) -> OperatorMemory:
+        """What one probe batch's Hessian operator needs at ``theta`` beyond the parameter-sized
+        vectors: the activations its graph keeps, and the peak of the temporaries one product
+        makes (a softmax over a vocabulary, an attention map, the parameters' partial products).
 
-        Measured, not modelled: the graph is built as :meth:`hessian_operator` builds it (one
-        gradient pass of the batch, counted in ``cost``), walked for its saved tensors, and freed.
+        Measured, not modelled: the operator of ``batch`` is built as the analysis builds it (one
+        counted gradient pass), its graph walked for its saved tensors, and one counted product
+        made into a given output under :class:`~obstacle.battery.live_bytes.LiveBytes` (every
+        tensor it makes, parameter-shaped ones too).
         """
-        params = {
-            name: view.detach().requires_grad_(True)
-            for name, view in self.unflatten(theta.detach()).items()
-        }
-        leaves = list(params.values())
-        with torch.enable_grad():
-            loss = self._call(params, self.batches[batch])
-            with torch.autograd.graph.saved_tensors_hooks(_detached, lambda t: t):
-                grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        self.cost.grad += 1
-        self.cost.grad_batches += 1
-        roots = [loss.grad_fn, *(g.grad_fn for g in grads if g is not None)]
-        held = _saved_storages([r for r in roots if r is not None])
+        op = self.hessian_operator(theta, batch)
+        roots = [g.grad_fn for kept, _ in op.roots for g in kept if g.grad_fn is not None]
+        held = _saved_storages(roots)
         persistent = self._persistent_storages(theta)
-        return sum(nbytes for ptr, nbytes in held.items() if ptr not in persistent)
+        graph = sum(nbytes for ptr, nbytes in held.items() if ptr not in persistent)
+        out = torch.empty_like(op.grad)
+        direction = torch.ones_like(op.grad)  # the temporaries' sizes do not depend on it
+        with LiveBytes() as live:
+            op(direction, out=out)
+        return OperatorMemory(graph_bytes=graph, product_bytes=live.peak)
 
     def _persistent_storages(self, theta: Tensor) -> set[int]:
         """Storages that outlive any one graph: θ, buffers, constants, the probe's batches."""
@@ -413,6 +411,14 @@ class LossEngine:
         self.cost.hvp += 1
         self.cost.hvp_batches += self._passes(batch)
         return hv.detach()  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class OperatorMemory:
+    """Bytes one probe batch's Hessian operator needs beside the vectors (:meth:`LossEngine.operator_memory`)."""
+
+    graph_bytes: int  # its gradient graph's saved activations: held while the operator lives
+    product_bytes: int  # the peak of the temporaries one product makes (into a given output)
 
 
 @dataclass
@@ -487,11 +493,6 @@ class HessianOperator:
         self.engine.cost.hvp += 1
         self.engine.cost.hvp_batches += self.passes
         return out
-
-
-def _detached(t: Tensor) -> Tensor:
-    """A saved-tensor pack that keeps a detached alias (see ``hessian_operator``'s ``pack``)."""
-    return t.detach()
 
 
 # Per autograd node type, its attributes that hold saved tensors (``_saved_self``, ...).

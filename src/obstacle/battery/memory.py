@@ -4,17 +4,24 @@ The analysis' peak is a small multiple of the model, independent of Lanczos iter
 the sequence length. Counted in vectors of the model's size in the analysis dtype:
 
 - **fixed** (:data:`FIXED_VECTORS`): θ, the gradient and its graph, a Hessian-vector
-  product and autograd's temporaries, Lanczos' work and Ritz vectors, a probe point of the
+  product and one vector of autograd's temporaries (:data:`PRODUCT_TEMPORARY_VECTORS`), Lanczos' work and Ritz vectors, a probe point of the
   escape test or a landscape plot, the checkpoint being read, the optimizer's state and step;
 - **Lanczos basis**: ``lanczos_max_vectors`` (thick restart keeps it fixed);
 - **per-batch gradients**: ``2 × batch_gradient_chunk`` (a chunk, and the optimizer steps made
   from it or a second chunk of the Gram matrix); all K only when they fit.
 
-Beside the vectors, **the Hessian operator's graphs** (``graph_bytes``): it keeps one gradient
-graph per probe batch, and each holds the activations its products need. They grow with the
-probe's batch size and sequence length, not with the parameters (a 25M-parameter GPT at 4 × 16
-tokens: 30 MiB per batch, 2.5 vectors for K = 8), so they are measured, not modelled: one batch's
-graph is built at θ₀ and walked for its saved tensors (:meth:`LossEngine.graph_bytes`), × K.
+Beside the vectors, what grows with the probe's batch size, sequence length and vocabulary, not
+with the parameters, so it is measured, not modelled (:meth:`LossEngine.operator_memory`, one
+batch's operator at θ₀):
+
+- **the Hessian operator's graphs** (``graph_bytes``): it keeps one gradient graph per probe
+  batch, each holding the activations its products need (a 25M-parameter GPT at 4 × 16 tokens:
+  30 MiB per batch, 2.5 vectors for K = 8); one batch's saved tensors × K;
+- **one product's temporaries** (``product_bytes``): the peak of the tensors a product makes
+  while it runs (products go batch by batch, so once), beyond the one vector the fixed ones
+  allow. Within it for narrow outputs (an MLP: 1.1–1.6 vectors); for a softmax over a large
+  vocabulary as large as a graph (GPT-2's 50,257 tokens at 16 × 16 tokens: 14 vectors of a
+  4M-parameter model beyond the parameter-shaped ones).
 
 ``plan_memory`` starts from the preferred plan (24 Lanczos vectors, all K gradients at once up
 to :data:`DEFAULT_BATCH_GRADIENT_BYTES`) and, over the budget, first takes the gradients in smaller chunks (more gradient passes), then
@@ -40,6 +47,7 @@ __all__ = [
     "DEFAULT_BATCH_GRADIENT_BYTES",
     "FIXED_VECTORS",
     "MIN_PLANNED_VECTORS",
+    "PRODUCT_TEMPORARY_VECTORS",
     "MemoryPlan",
     "available_memory",
     "parse_size",
@@ -47,6 +55,9 @@ __all__ = [
 ]
 
 FIXED_VECTORS = 11
+# Of the fixed vectors, those for the temporaries of a product; a product measured to make more
+# (LossEngine.operator_memory) adds the excess to the plan.
+PRODUCT_TEMPORARY_VECTORS = 1
 # Per-batch gradients held at once by default, in bytes: all K for models up to 16 MB per vector
 # (K = 8), three of a 10M-parameter float32 model, one of a 25M one. Over it the Gram matrix is
 # built chunk by chunk (more gradient passes, a few % of a checkpoint's time beside Lanczos).
@@ -69,6 +80,7 @@ class MemoryPlan:
     lanczos_max_vectors: int
     batch_gradient_chunk: int
     graph_bytes: int  # the Hessian operator's K per-batch graphs (measured)
+    product_bytes: int  # one product's temporaries at their peak (measured; a vector is fixed)
     estimate_bytes: int
     budget_bytes: int | None
     budget_source: str  # "requested", "device" or "none"
@@ -112,8 +124,8 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def _estimate(vector_bytes: int, vectors: int, chunk: int, graph_bytes: int) -> int:
-    return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk) + graph_bytes
+def _estimate(vector_bytes: int, vectors: int, chunk: int, activation_bytes: int) -> int:
+    return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk) + activation_bytes
 
 
 def plan_memory(
@@ -125,18 +137,23 @@ def plan_memory(
     budget_source: str = "requested",
     max_vectors: int = DEFAULT_MAX_VECTORS,
     graph_bytes: int = 0,
+    product_bytes: int = 0,
 ) -> MemoryPlan:
     """The largest plan within ``budget_bytes`` (None: no limit); raises if none fits.
 
-    ``graph_bytes``: what the Hessian operator's K per-batch graphs hold (measured by the caller).
+    ``graph_bytes``: what the Hessian operator's K per-batch graphs hold; ``product_bytes``: the
+    peak of one product's temporaries (both measured by the caller), of which the fixed vectors
+    already hold :data:`PRODUCT_TEMPORARY_VECTORS`.
     """
     vector_bytes = num_parameters * torch.empty(0, dtype=dtype).element_size()
+    beyond = max(0, product_bytes - PRODUCT_TEMPORARY_VECTORS * vector_bytes)
+    activations = graph_bytes + beyond
     vectors = max_vectors
     chunk = max(1, min(num_batches, DEFAULT_BATCH_GRADIENT_BYTES // max(vector_bytes, 1)))
     if budget_bytes is not None:
 
         def need() -> int:
-            return _estimate(vector_bytes, vectors, chunk, graph_bytes)
+            return _estimate(vector_bytes, vectors, chunk, activations)
 
         while need() > budget_bytes and chunk > 1:
             chunk = math.ceil(chunk / 2)
@@ -145,9 +162,10 @@ def plan_memory(
         if need() > budget_bytes:
             hint = "--dtype float32 (half the bytes per vector), " if dtype == torch.float64 else ""
             graphs = (
-                f", plus {_fmt(graph_bytes)} of activations in the {num_batches} probe batches' "
-                "gradient graphs"
-                if graph_bytes
+                f", plus {_fmt(activations)} of activations ({_fmt(graph_bytes)} in the "
+                f"{num_batches} probe batches' gradient graphs, {_fmt(beyond)} of one "
+                "product's temporaries beyond a vector)"
+                if activations
                 else ""
             )
             raise MemoryBudgetError(
@@ -168,7 +186,8 @@ def plan_memory(
         lanczos_max_vectors=vectors,
         batch_gradient_chunk=chunk,
         graph_bytes=graph_bytes,
-        estimate_bytes=_estimate(vector_bytes, vectors, chunk, graph_bytes),
+        product_bytes=product_bytes,
+        estimate_bytes=_estimate(vector_bytes, vectors, chunk, activations),
         budget_bytes=budget_bytes,
         budget_source=budget_source if budget_bytes is not None else "none",
     )
