@@ -32,6 +32,9 @@ from pydantic import (
 __all__ = [
     "FINISHED_STATES",
     "PRESETS",
+    "SHA256_HEADER",
+    "SHA256_TRAILING",
+    "SHA256_TRAILING_BYTES",
     "AnalysesPublic",
     "AnalysisCreate",
     "AnalysisOptions",
@@ -60,6 +63,12 @@ __all__ = [
 PRESETS = ("quick", "standard", "full")
 Preset = Literal["quick", "standard", "full"]
 FINISHED_STATES = ("succeeded", "failed")
+
+# An upload's integrity: the header carries the body's SHA-256 as 64 hex digits, or
+# SHA256_TRAILING, and then the body ends with those digits (the client hashes while it sends).
+SHA256_HEADER = "X-Content-SHA256"
+SHA256_TRAILING = "trailing"
+SHA256_TRAILING_BYTES = 64
 
 
 def _id_text(value: object) -> object:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from obstacle.errors import InputError
+from obstacle.schemas import SHA256_HEADER, SHA256_TRAILING, SHA256_TRAILING_BYTES
 
 __all__ = ["CHUNK_BYTES", "TRAILING", "FileBody"]
 
@@ -30,7 +31,7 @@ __all__ = ["CHUNK_BYTES", "TRAILING", "FileBody"]
 CHUNK_BYTES = 1 << 20
 
 #: ``X-Content-SHA256`` for a body that ends with the 64 hex digits of its own SHA-256.
-TRAILING = "trailing"
+TRAILING = SHA256_TRAILING
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class FileBody:
         trailing = self.sha256 is None
         return {
             "Content-Type": content_type,
-            "Content-Length": str(self.size + (_DIGEST_HEX if trailing else 0)),
-            "X-Content-SHA256": TRAILING if self.sha256 is None else self.sha256,
+            "Content-Length": str(self.size + (SHA256_TRAILING_BYTES if trailing else 0)),
+            SHA256_HEADER: TRAILING if self.sha256 is None else self.sha256,
         }
 
     def chunks(self) -> Iterator[bytes]:
@@ -110,9 +111,6 @@ class FileBody:
                     self.on_sent(sent)
         if digest is not None:
             yield digest.hexdigest().encode("ascii")
-
-
-_DIGEST_HEX = 64  # a SHA-256 as hex digits
 
 
 def _open(path: Path) -> io.BufferedReader:

@@ -34,14 +34,14 @@ from typing import BinaryIO
 
 from starlette.requests import ClientDisconnect
 
+from obstacle.schemas import SHA256_HEADER, SHA256_TRAILING, SHA256_TRAILING_BYTES
 from obstacle.service.problems import ProblemError
 
 __all__ = ["SHA256_HEADER", "TRAILING", "TRAILING_DIGEST_BYTES", "ReceivedUpload", "receive_upload"]
 
-SHA256_HEADER = "X-Content-SHA256"
 #: The header's value that says the body ends with its own SHA-256 (64 hex digits).
-TRAILING = "trailing"
-TRAILING_DIGEST_BYTES = 64
+TRAILING = SHA256_TRAILING
+TRAILING_DIGEST_BYTES = SHA256_TRAILING_BYTES
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 

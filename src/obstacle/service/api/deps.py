@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from obstacle.platform.db import SessionFactory
 from obstacle.platform.models import Analysis, Probe, Project, Run
 from obstacle.platform.store import ArtifactStore
+from obstacle.schemas import SHA256_HEADER
 from obstacle.service.auth import project_for_token
 from obstacle.service.ingest import no_probe
 from obstacle.service.metrics import Metrics
@@ -183,7 +184,7 @@ def _run_with_probe(run: CurrentRun, session: SessionDep) -> Run:
 RunWithProbe = Annotated[Run, Depends(_run_with_probe)]
 
 _sha_header = Header(
-    alias="X-Content-SHA256",
+    alias=SHA256_HEADER,
     description=(
         "SHA-256 of the body as 64 hex digits; the upload is checked against it. Or 'trailing': "
         "the body ends with the 64 hex digits of the SHA-256 of the bytes before them (a client "
