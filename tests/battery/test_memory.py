@@ -189,6 +189,42 @@ def test_a_products_temporaries_grow_with_the_batch_and_the_output(dtype: str) -
     assert wide - p256 >= 2 * logits, (wide - p256) / logits
 
 
+# Defined in each script _run_with_mapped_blocks runs.
+_PRODUCT_PEAK = """
+import torch
+
+
+def product_peak(op, v):
+    \"\"\"Bytes of RSS one product adds at its peak, after a first has built autograd's buffers.\"\"\"
+    out = torch.zeros_like(v)
+    op(v, out=out)
+
+    def status(field):
+        with open("/proc/self/status") as handle:
+            return next(int(l.split()[1]) * 1024 for l in handle if l.startswith(field))
+
+    before = status("VmRSS:")
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    op(v, out=out)
+    return status("VmHWM:") - before
+"""
+
+
+def _run_with_mapped_blocks(script: Path, source: str) -> str:
+    """Run ``source`` as a script in a fresh process, on one thread, with glibc mapping each
+    block of 1 MiB or more on its own (so its RSS follows its tensors); its stdout."""
+    script.write_text(_PRODUCT_PEAK + source)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)},
+    )
+    return done.stdout
+
+
 _PRODUCT_PEAK_SCRIPT = """
 import torch
 from torch import nn
@@ -201,17 +237,8 @@ probe = obstacle.Probe.capture(model, nn.functional.cross_entropy, batches)
 engine = LossEngine.create(probe, dtype="float32", max_batches=1)
 theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 measured = engine.operator_memory(theta).product_bytes
-op = engine.hessian_operator(theta)
-v = torch.randn(theta.numel())
-out = torch.zeros_like(theta)
-op(v, out=out)  # the first product builds autograd's buffers
-status = lambda field: next(
-    int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field)
-)
-before = status("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-op(v, out=out)
-print(status("VmHWM:") - before, measured, theta.numel() * 4)
+held = product_peak(engine.hessian_operator(theta), torch.randn(theta.numel()))
+print(held, measured, theta.numel() * 4)
 """
 
 
@@ -221,17 +248,8 @@ def test_a_products_measured_temporaries_are_what_the_process_holds(tmp_path: Pa
     # vectors): the product's temporaries are 33 vectors, which a plan counting vectors alone
     # missed. The peak RSS of a real product (glibc mapping each block on its own, so RSS
     # follows the tensors) against LiveBytes' count: measured 137.2 MB against 137.3 MB.
-    script = tmp_path / "product_peak.py"
-    script.write_text(_PRODUCT_PEAK_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)},
-    )
-    held, measured, vector = (int(x) for x in done.stdout.split())
+    out = _run_with_mapped_blocks(tmp_path / "product_peak.py", _PRODUCT_PEAK_SCRIPT)
+    held, measured, vector = (int(x) for x in out.split())
     assert held > 10 * vector, "the temporaries are activations, far beyond a vector"
     # Tolerance: 10% either way (the process's own small allocations, page rounding).
     assert measured == pytest.approx(held, rel=0.10), (held, measured)
@@ -327,17 +345,9 @@ batches = [(torch.randn(4, 1000), torch.randint(0, 10, (4,))) for _ in range(8)]
 probe = obstacle.Probe.capture(model, nn.functional.cross_entropy, batches)
 theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 v = torch.randn(theta.numel())
-out = torch.zeros_like(theta)
 for k in (1, 8):
     op = LossEngine.create(probe, dtype="float32", max_batches=k).hessian_operator(theta)
-    op(v, out=out)  # the first product builds autograd's buffers
-    status = lambda field: next(
-        int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field)
-    )
-    before = status("VmRSS:")
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-    op(v, out=out)
-    print(k, status("VmHWM:") - before)
+    print(k, product_peak(op, v))
     del op
 """
 
@@ -350,17 +360,8 @@ def test_a_hessian_vector_product_holds_the_same_whatever_the_number_of_batches(
     # batches held each batch's parameter-sized partial products at once: 9 vectors of
     # temporaries with 8 batches (measured on a 4M MLP); batch by batch, into the output, 1.6.
     # glibc maps each large block on its own (a fixed threshold), so RSS follows the tensors.
-    script = tmp_path / "hvp_peak.py"
-    script.write_text(_HVP_PEAK_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)},
-    )
-    peaks = {int(k): int(b) for k, b in (line.split() for line in done.stdout.splitlines())}
+    out = _run_with_mapped_blocks(tmp_path / "hvp_peak.py", _HVP_PEAK_SCRIPT)
+    peaks = {int(k): int(b) for k, b in (line.split() for line in out.splitlines())}
     vector = 2_012_010 * 4
     # Tolerance: 3 vectors (measured 1.6 on 4M); the one-backward operator needed 9 with 8.
     assert peaks[1] <= 3 * vector and peaks[8] <= 3 * vector, {
