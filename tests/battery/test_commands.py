@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from obstacle.battery.analysis import analyze
 from obstacle.cli import app
 from support import classification_batches, tiny_mlp, write_run
 
@@ -148,3 +154,61 @@ def _truncated_copy(run: Path) -> Path:
     path = sorted((run / "checkpoints").glob("step_*.safetensors"))[-1]
     path.write_bytes(path.read_bytes()[:-7])
     return run
+
+
+def test_progress_names_each_test_and_counts_its_products(run_dir: Path) -> None:
+    """Within a checkpoint, progress hears of each test in order and of each of its Hessian-vector
+    products: a long checkpoint shows where it is, and the ticks are the record's own HVPs."""
+    events: list[tuple[str, int, int]] = []
+    report = analyze(run_dir, preset="quick", progress=lambda *e: events.append(e))
+    records = report["checkpoints"]
+    starts = [i for i, e in enumerate(events) if e[0] == "checkpoint"]
+    assert [events[i][1:] for i in starts] == [(k, len(records)) for k in range(len(records) + 1)]
+    assert events[-2:] == [("run", 0, 1), ("run", 1, 1)]
+    for record, lo, hi in zip(records, starts[:-1], starts[1:], strict=True):
+        inside = events[lo + 1 : hi]
+        tests = [(name.removeprefix("test:"), j, m) for name, j, m in inside if name != "products"]
+        assert [name for name, _, _ in tests] == list(record["details"])
+        assert [(j, m) for _, j, m in tests] == [(j, len(tests)) for j in range(len(tests))]
+        # Each test's products count 1, 2, 3, ... from its own start.
+        count, ticks = 0, 0
+        for name, done, total in inside:
+            if name == "products":
+                assert (done, total) == (count + 1, 0)
+                count, ticks = done, ticks + 1
+            else:
+                count = 0
+        hvps = sum((d.get("cost") or {}).get("hvp_evals", 0) for d in record["details"].values())
+        assert ticks == hvps > 0
+
+
+def test_the_progress_bar_on_a_terminal_shows_the_test_and_its_products(run_dir: Path) -> None:
+    """On a real terminal (a pty for stderr) the bar names the running test and its products."""
+    command = [sys.executable, "-c", "from obstacle.cli import main; main()"]
+    primary, secondary = os.openpty()
+    # 50 rows of 200 columns: a new pty is 0 × 0, and a bar fitted to 0 columns shows nothing.
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    shown = b""
+    try:
+        with subprocess.Popen(
+            [*command, "analyze", str(run_dir), "--preset", "quick"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=secondary,
+        ) as child:
+            os.close(secondary)  # the child holds the only other end: EOF when it exits
+            while True:  # read as it writes, so that a full pty never blocks it
+                try:
+                    chunk = os.read(primary, 1 << 16)
+                except OSError:  # EIO: the other end is closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            code = child.wait(timeout=300)
+    finally:
+        os.close(primary)
+    text = shown.decode("utf-8", "replace")
+    assert code == 0, text[-2000:]
+    assert re.search(r"lanczos \(\d+/\d+\), Hessian-vector products: 1\b", text), text[-2000:]
+    assert "run-level tests and verdict" in text

@@ -32,6 +32,10 @@ from obstacle.battery.verdict import DEFAULT_THRESHOLDS, Thresholds, judge_facts
 from obstacle.errors import RunDirectoryError
 
 REPORT_SCHEMA = "obstacle.report/1"
+# progress(phase, done, total): ("checkpoint", i, n) before checkpoint i of n and once with
+# i = n; within a checkpoint ("test:<name>", j, m) before its test j of m and ("products", k, 0)
+# after the test's k-th Hessian-vector product (no total: Lanczos stops when it converges);
+# ("run", 0, 1) and ("run", 1, 1) around the run-level tests and the verdict.
 Progress = Callable[[str, int, int], None]
 
 _PROBES: OrderedDict[tuple[str, str], Probe] = OrderedDict()
@@ -206,11 +210,21 @@ def _context(session: _Session, step: int, carry: dict[str, Any]) -> CheckpointC
     return ctx
 
 
-def _run_checkpoint(session: _Session, step: int, carry: dict[str, Any]) -> Record:
+def _run_checkpoint(
+    session: _Session, step: int, carry: dict[str, Any], progress: Progress | None = None
+) -> Record:
     ctx = _context(session, step, carry)
     details: dict[str, Record] = {}
-    for quantity in _quantities(session.preset):
-        details[quantity.name] = quantity(ctx)
+    quantities = _quantities(session.preset)
+    engine = session.engine
+    for j, quantity in enumerate(quantities):
+        if progress is not None:
+            progress(f"test:{quantity.name}", j, len(quantities))
+            engine.on_product = _product_ticker(progress, engine)
+        try:
+            details[quantity.name] = quantity(ctx)
+        finally:
+            engine.on_product = None
         return_freed_memory_to_the_os()  # so that RSS follows the tensors the plan counts
     _, g = ctx.gradient()
     cosine = (
@@ -220,6 +234,16 @@ def _run_checkpoint(session: _Session, step: int, carry: dict[str, Any]) -> Reco
     )
     ctx.release()
     return flat_record(ctx.checkpoint, details, grad_param_cosine=cosine)
+
+
+def _product_ticker(progress: Progress, engine: LossEngine) -> Callable[[], None]:
+    """``progress("products", k, 0)`` after the k-th product from now."""
+    start = engine.cost.hvp
+
+    def tick() -> None:
+        progress("products", engine.cost.hvp - start, 0)
+
+    return tick
 
 
 class SequenceAnalyzer:
@@ -247,9 +271,10 @@ class SequenceAnalyzer:
     def engine(self) -> LossEngine:
         return self._session.engine
 
-    def record(self, step: int) -> Record:
-        """The battery's record for the checkpoint at ``step`` (JSON-ready: non-finite → null)."""
-        record: Record = to_json(_run_checkpoint(self._session, step, self._carry))
+    def record(self, step: int, progress: Progress | None = None) -> Record:
+        """The battery's record for the checkpoint at ``step`` (JSON-ready: non-finite → null);
+        ``progress`` hears of each test and product in it (see :data:`Progress`)."""
+        record: Record = to_json(_run_checkpoint(self._session, step, self._carry, progress))
         return record
 
 
@@ -443,7 +468,7 @@ def analyze(
     for i, step in enumerate(steps):
         if progress:
             progress("checkpoint", i, len(steps))
-        records.append(analyzer.record(step))
+        records.append(analyzer.record(step, progress))
     del analyzer  # its θ₀ and warm-start vectors: the run-level tests bind their own
     if progress:
         progress("checkpoint", len(steps), len(steps))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,18 +169,34 @@ def run_analysis(
 
 
 class _Bar:
+    """Checkpoints done of all, and where the current one is: its test and that test's
+    Hessian-vector products (a 25M-parameter checkpoint takes minutes, most of them in Lanczos)."""
+
+    REFRESH_S = 0.5  # products can come thousands a second on a small model
+
     def __init__(self, label: str) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm(total=1, desc=label, unit="ckpt", file=sys.stderr, leave=False)
+        self._test = ""
+        self._shown = 0.0
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if phase == "checkpoint":
             self._tqdm.total = total
             self._tqdm.n = done
-            self._tqdm.set_postfix_str("per-checkpoint tests")
+            self._test = ""
+            self._tqdm.set_postfix_str("per-checkpoint tests", refresh=False)
+        elif phase.startswith("test:"):
+            self._test = f"{phase.removeprefix('test:').replace('_', ' ')} ({done + 1}/{total})"
+            self._tqdm.set_postfix_str(self._test, refresh=False)
+        elif phase == "products":
+            if done > 1 and time.monotonic() - self._shown < self.REFRESH_S:
+                return
+            self._tqdm.set_postfix_str(f"{self._test}, Hessian-vector products: {done}", False)
         else:
-            self._tqdm.set_postfix_str("run-level tests and verdict")
+            self._tqdm.set_postfix_str("run-level tests and verdict", refresh=False)
+        self._shown = time.monotonic()
         self._tqdm.refresh()
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,8 @@ class LossEngine:
     validation: Batch | None
     buffers: dict[str, Tensor] = field(default_factory=dict)
     cost: Cost = field(default_factory=Cost)
+    # Called after each Hessian-vector product of an operator (a progress bar's tick).
+    on_product: Callable[[], None] | None = None
     _vmap_ok: bool = True
 
     @classmethod
@@ -492,6 +494,8 @@ class HessianOperator:
                 param.grad = None
         self.engine.cost.hvp += 1
         self.engine.cost.hvp_batches += self.passes
+        if self.engine.on_product is not None:
+            self.engine.on_product()
         return out
 
 
