@@ -93,6 +93,38 @@ def quantity_smoke(run_dir: Path) -> None:
                 )
 
 
+def memory_checks(run_dir: Path) -> None:
+    """On CUDA: the memory budget counts the caching allocator's unused blocks as free, and
+    LiveBytes' count of one product's temporaries against the allocator's own peak."""
+    from obstacle.battery.memory import available_memory
+
+    device = torch.device("cuda")
+    before = available_memory(device) or 0
+    block = torch.empty(2**30, dtype=torch.uint8, device=device)
+    del block  # cached by torch's allocator, not returned to the driver
+    after = available_memory(device) or 0
+    log(
+        f"  memory: available before {before / 2**20:.0f} MiB, after a freed 1 GiB block "
+        f"{after / 2**20:.0f} MiB (difference {(before - after) / 2**20:+.0f} MiB; 0 expected)"
+    )
+    s = analysis._Session(run_dir, analysis.get_preset("standard"), "cuda", "float32")
+    _, theta = s.theta(max(s.paths))
+    counted = s.engine.operator_memory(theta).product_bytes
+    op = s.engine.hessian_operator(theta, 0)
+    v, out = torch.randn_like(theta), torch.zeros_like(theta)
+    op(v, out=out)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    op(v, out=out)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    log(
+        f"  memory: one product's temporaries, LiveBytes {counted / 2**20:.2f} MiB, CUDA "
+        f"allocator peak {peak / 2**20:.2f} MiB (ratio {counted / max(peak, 1):.2f})"
+    )
+
+
 def timeit(fn: Any, sync: Any, n: int = 10) -> float:
     """Mean seconds per call of ``fn`` after one warm-up, synchronising the device."""
     fn()
@@ -149,6 +181,8 @@ def main() -> None:
             )
     # Unit costs on the largest model.
     session_runs = base / "mlp-105k"
+    if torch.cuda.is_available() and (session_runs / "probe").exists():
+        memory_checks(session_runs)
     if (session_runs / "probe").exists():
         for device, dtype in (("cpu", "float64"), ("cuda", "float64"), ("cuda", "float32")):
             if device == "cuda" and not torch.cuda.is_available():

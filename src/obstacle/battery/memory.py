@@ -110,10 +110,16 @@ def parse_size(value: str | int) -> int:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Free memory on ``device``: CUDA's free bytes, or the CPU's MemAvailable; None if unknown."""
+    """Free memory on ``device``: CUDA's free bytes, or the CPU's MemAvailable; None if unknown.
+
+    On CUDA the blocks torch's caching allocator holds that no tensor uses count as free: the
+    driver sees them as taken, but they are this process's to reuse (a worker's previous analysis,
+    or the training step before an in-process one, would otherwise shrink every later plan).
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(int(cached), 0)
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
