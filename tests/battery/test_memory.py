@@ -97,38 +97,41 @@ def test_impossible_budget_says_what_to_lower() -> None:
 
 def test_the_operators_activations_are_planned_and_a_budget_they_overflow_says_so() -> None:
     vb = 8000  # 1000 float64 parameters
-    # A product making 300 B beyond the vector of temporaries the fixed vectors allow.
-    graphs, product = 777, PRODUCT_TEMPORARY_VECTORS * vb + 300
-    plan = plan_memory(
-        num_parameters=1000,
-        dtype=torch.float64,
-        num_batches=8,
-        budget_bytes=None,
-        graph_bytes=graphs,
-        product_bytes=product,
-    )
-    assert (plan.graph_bytes, plan.product_bytes) == (graphs, product)
-    assert plan.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8) + graphs + 300
-    smallest = vb * (FIXED_VECTORS + MIN_PLANNED_VECTORS + 2) + graphs + 300
+    # Graphs of 777 B a batch, and a product making 300 B beyond the vector of temporaries the
+    # fixed vectors allow: small beside the vectors, so the basis shrinks before graphs go.
+    graph, product = 777, PRODUCT_TEMPORARY_VECTORS * vb + 300
 
-    def planned(budget: int) -> MemoryPlan:
+    def planned(budget: int | None) -> MemoryPlan:
         return plan_memory(
             num_parameters=1000,
             dtype=torch.float64,
             num_batches=8,
             budget_bytes=budget,
-            graph_bytes=graphs,
+            batch_graph_bytes=graph,
             product_bytes=product,
         )
 
-    fits = planned(smallest)
-    assert fits.lanczos_max_vectors == MIN_PLANNED_VECTORS and fits.estimate_bytes == smallest
+    plan = planned(None)
+    assert (plan.kept_graphs, plan.graph_bytes, plan.product_bytes) == (8, 8 * graph, product)
+    assert plan.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8) + 8 * graph + 300
+    vectors = vb * (FIXED_VECTORS + MIN_PLANNED_VECTORS + 2)
+    fits = planned(vectors + 8 * graph + 300)
+    assert (fits.lanczos_max_vectors, fits.kept_graphs) == (MIN_PLANNED_VECTORS, 8)
+    # One byte less: the smallest basis, then two graphs fewer (6 kept + 1 rebuilt at a time).
+    fewer = planned(vectors + 8 * graph + 300 - 1)
+    assert (fewer.lanczos_max_vectors, fewer.kept_graphs, fewer.graph_bytes) == (
+        MIN_PLANNED_VECTORS,
+        6,
+        7 * graph,
+    )
+    smallest = vectors + graph + 300  # no graph kept: one at a time
+    assert planned(smallest).kept_graphs == 0 and planned(smallest).estimate_bytes == smallest
     with pytest.raises(MemoryBudgetError) as info:
         planned(smallest - 1)
     message = str(info.value)
     assert (
-        "plus 1.1 KiB of activations (777 B in the 8 probe batches' gradient graphs, 300 B of "
-        "one product's temporaries beyond a vector)" in message
+        "plus 1.1 KiB of activations (one probe batch's gradient graph at a time, 777 B; 300 B "
+        "of one product's temporaries beyond a vector)" in message
     )
     assert "fewer or smaller batches" in message
     # Within the vector the fixed ones allow, a product adds nothing.
@@ -140,6 +143,24 @@ def test_the_operators_activations_are_planned_and_a_budget_they_overflow_says_s
         product_bytes=PRODUCT_TEMPORARY_VECTORS * vb,
     )
     assert within.estimate_bytes == vb * (FIXED_VECTORS + 24 + 2 * 8)
+
+
+def test_graphs_that_dominate_go_before_the_basis() -> None:
+    """Activations beyond the vectors (long sequences, a large vocabulary): a batch's graph is
+    100 vectors here. Over the budget the gradients go one at a time, then the fewest graphs
+    are given up; the basis keeps its 24 vectors."""
+    vb, graph = 8000, 800_000
+    budget = vb * (FIXED_VECTORS + 24 + 2 * 8) + 4 * graph
+    plan = plan_memory(
+        num_parameters=1000,
+        dtype=torch.float64,
+        num_batches=8,
+        budget_bytes=budget,
+        batch_graph_bytes=graph,
+    )
+    # After one gradient at a time (14 vectors fewer), 3 graphs kept + 1 rebuilt fit.
+    assert (plan.batch_gradient_chunk, plan.lanczos_max_vectors, plan.kept_graphs) == (1, 24, 3)
+    assert plan.graph_bytes == 4 * graph and plan.estimate_bytes <= budget
 
 
 def _operator_memory(batch_size: int, dtype: str, classes: int = 10) -> tuple[OperatorMemory, int]:
@@ -255,6 +276,53 @@ def test_a_products_measured_temporaries_are_what_the_process_holds(tmp_path: Pa
     assert measured == pytest.approx(held, rel=0.10), (held, measured)
 
 
+_KEPT_GRAPHS_SCRIPT = """
+from torch import nn
+import obstacle
+from obstacle.battery.engine import LossEngine
+
+def status(field):
+    with open("/proc/self/status") as handle:
+        return next(int(l.split()[1]) * 1024 for l in handle if l.startswith(field))
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 2048), nn.Tanh(), nn.Linear(2048, 10))
+batches = [(torch.randn(1024, 64), torch.randint(0, 10, (1024,))) for _ in range(8)]
+probe = obstacle.Probe.capture(model, nn.functional.cross_entropy, batches)
+engine = LossEngine.create(probe, dtype="float32")
+theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+measured = engine.operator_memory(theta)
+v, out = torch.randn(theta.numel()), torch.zeros(theta.numel())
+for kept in (8, 0):
+    before = status("VmRSS:")
+    open("/proc/self/clear_refs", "w").write("5")
+    op = engine.hessian_operator(theta, kept_graphs=kept)
+    op(v, out=out)
+    op(v, out=out)
+    print(kept, status("VmHWM:") - before, status("VmRSS:") - before)
+    del op
+print(measured.graph_bytes, measured.product_bytes)
+"""
+
+
+@pytest.mark.slow
+def test_an_operator_keeping_no_graph_holds_one_at_a_time(tmp_path: Path) -> None:
+    # Activations dominate (1,024 samples through a 2,048-wide layer, 8 batches: 16.9 MB of
+    # graph a batch against 0.6 MB vectors). Keeping all 8 graphs the operator holds them
+    # (measured: 138 MB after two products, a 180 MB peak); keeping none it holds nothing
+    # between products, and a product peaks at one rebuilt graph plus its temporaries
+    # (measured 57.8 MB against the plan's 16.9 + 41.9 MB).
+    out = _run_with_mapped_blocks(tmp_path / "kept_graphs.py", _KEPT_GRAPHS_SCRIPT)
+    *rows, (graph, product) = [[int(x) for x in line.split()] for line in out.splitlines()]
+    (_, peak_all, held_all), (_, peak_none, held_none) = rows
+    # Tolerances: 10% for the process's own allocations, page rounding.
+    assert held_all >= 0.9 * 8 * graph
+    assert peak_all <= 1.1 * (8 * graph + product)
+    assert held_none <= 0.1 * graph
+    assert peak_none <= 1.1 * (graph + product)
+    assert peak_none < peak_all / 2
+
+
 def test_precision_policy() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_precision("auto", device=cpu, num_parameters=1000).dtype == "float64"
@@ -283,20 +351,27 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_chunked_plan_gives_the_same_numbers(run_dir: Path) -> None:
-    # A budget that forces one per-batch gradient at a time and a 17-vector basis must give the
-    # same noise, curvature and step statistics as the unconstrained plan (the Gram matrix is
-    # assembled block by block), and the report records both plans and the precision.
+    # A budget that forces one per-batch gradient at a time, no gradient graph kept (each
+    # product builds them again) and a 17-vector basis must give the same noise, curvature and
+    # step statistics as the unconstrained plan (the Gram matrix is assembled block by block),
+    # and the report records both plans and the precision.
     free = analyze(run_dir, preset="quick")
     vb = free["run"]["memory_plan"]["vector_bytes"]
-    graphs = free["run"]["memory_plan"]["graph_bytes"]
+    graph = free["run"]["memory_plan"]["batch_graph_bytes"]
     product = free["run"]["memory_plan"]["product_bytes"]
-    assert graphs > 0 and product > 0
+    batches = free["run"]["memory_plan"]["num_batches"]
+    assert free["run"]["memory_plan"]["kept_graphs"] == batches
+    assert free["run"]["memory_plan"]["graph_bytes"] == batches * graph > 0 and product > 0
     beyond = max(0, product - PRODUCT_TEMPORARY_VECTORS * vb)
-    budget = vb * (FIXED_VECTORS + 17 + 2) + graphs + beyond
+    budget = vb * (FIXED_VECTORS + 17 + 2) + graph + beyond
     tight = analyze(run_dir, preset="quick", memory_budget=budget)
     plan = tight["run"]["memory_plan"]
-    assert (plan["batch_gradient_chunk"], plan["lanczos_max_vectors"]) == (1, 17)
-    assert (plan["graph_bytes"], plan["product_bytes"]) == (graphs, product)
+    assert (plan["batch_gradient_chunk"], plan["lanczos_max_vectors"], plan["kept_graphs"]) == (
+        1,
+        17,
+        0,
+    )
+    assert (plan["graph_bytes"], plan["product_bytes"]) == (graph, product)
     assert plan["estimate_bytes"] == budget
     assert (
         plan["budget_source"] == "requested"
@@ -317,10 +392,19 @@ def test_chunked_plan_gives_the_same_numbers(run_dir: Path) -> None:
         per_a = a["details"]["curvature"]["per_batch"]
         per_b = b["details"]["curvature"]["per_batch"]
         assert per_b == pytest.approx(per_a, rel=1e-9)
-        # The chunked Gram matrix spends more gradient passes, never fewer.
+        # The chunked Gram matrix spends more gradient passes, never fewer; so do products
+        # that build their graphs again: one gradient pass per batch and product.
         assert (
             b["details"]["noise"]["cost"]["grad_evals"]
             >= a["details"]["noise"]["cost"]["grad_evals"]
+        )
+        curvature_a, curvature_b = (
+            a["details"]["curvature"]["cost"],
+            b["details"]["curvature"]["cost"],
+        )
+        assert curvature_b["hvp_evals"] == curvature_a["hvp_evals"]
+        assert curvature_b["grad_batch_passes"] >= (
+            curvature_a["grad_batch_passes"] + batches * curvature_b["hvp_evals"]
         )
         assert math.isclose(b["lambda_max"], a["lambda_max"], rel_tol=1e-3)
 

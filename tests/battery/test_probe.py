@@ -146,6 +146,30 @@ def test_hessian_operator_runs_batch_by_batch_into_its_output(
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_an_operator_keeping_fewer_graphs_gives_the_same_products(
+    name: str, saved_runs: dict[str, Path]
+) -> None:
+    # When the memory plan keeps only some batches' graphs, each product builds the others'
+    # again: the same loss, gradient and products (float64, to 1e-12), product after product,
+    # and each rebuilt batch is a counted gradient pass.
+    engine, theta, v = _bound(saved_runs[name])
+    k = engine.num_batches
+    assert k >= 2
+    full = engine.hessian_operator(theta)
+    reference = full(v)
+    for kept in (0, 1, k - 1):
+        op = engine.hessian_operator(theta, kept_graphs=kept)
+        assert (len(op.roots), op.rebuilt) == (kept, list(range(kept, k)))
+        assert op.loss == pytest.approx(full.loss, rel=1e-12)
+        assert _rel(op.gradient, full.gradient) <= 1e-12
+        before = engine.cost.copy()
+        for _ in range(2):
+            assert _rel(op(v), reference) <= 1e-12
+        spent = engine.cost - before
+        assert (spent.hvp, spent.hvp_batches, spent.grad_batches) == (2, 2 * k, 2 * (k - kept))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_a_dropped_hessian_operator_frees_its_graph_and_parameters(
     name: str, saved_runs: dict[str, Path]
 ) -> None:

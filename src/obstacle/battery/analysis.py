@@ -112,7 +112,7 @@ class _Session:
             num_batches=self.engine.num_batches,
             budget_bytes=budget,
             budget_source=source,
-            graph_bytes=operator.graph_bytes * self.engine.num_batches,
+            batch_graph_bytes=operator.graph_bytes,
             product_bytes=operator.product_bytes,
         )
 
@@ -198,6 +198,7 @@ def _context(session: _Session, step: int, carry: dict[str, Any]) -> CheckpointC
             "warm_start": True,
             "lanczos_max_vectors": session.plan.lanczos_max_vectors,
             "batch_gradient_chunk": session.plan.batch_gradient_chunk,
+            "kept_graphs": session.plan.kept_graphs,
         },
     )
     model = OptimizerModel.from_checkpoint(ck, session.engine)

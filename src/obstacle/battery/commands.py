@@ -52,8 +52,10 @@ def analyze_command(
         str | None,
         typer.Option(
             help="Memory the battery may plan to, e.g. 8GiB or 500MB (default: what the device "
-            "has free). Over it, per-batch gradients go in chunks and the Lanczos basis shrinks; "
-            "if even that does not fit, the analysis stops before any work and says what to lower."
+            "has free). Over it, per-batch gradients go in chunks, fewer probe batches keep "
+            "their gradient graph (the others are rebuilt in each Hessian-vector product) and "
+            "the Lanczos basis shrinks; if even that does not fit, the analysis stops before any "
+            "work and says what to lower."
         ),
     ] = None,
     json_out: Annotated[

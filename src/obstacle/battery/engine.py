@@ -297,7 +297,9 @@ class LossEngine:
             )
         return grads, losses
 
-    def hessian_operator(self, theta: Tensor, batch: int | None = None) -> HessianOperator:
+    def hessian_operator(
+        self, theta: Tensor, batch: int | None = None, *, kept_graphs: int | None = None
+    ) -> HessianOperator:
         """H(θ)·v as a reusable operator: the gradient's graph is built once and kept.
 
         Memory is what shapes it (a product on a 100M-parameter model must not hold K gradients):
@@ -314,6 +316,11 @@ class LossEngine:
           values are in the total, so their storage is released (as FSDP releases gathered
           parameters) unless the graph saved that storage for the products (the roots are made
           by the first backward, so that backward's saved tensors are the ones checked).
+        - ``kept_graphs``: the graphs of only the first that many batches are kept (the memory
+          plan's choice when the K graphs do not fit: long sequences, a large vocabulary); each
+          product builds the others' again, one batch at a time, and frees each after its
+          backward (one gradient pass with its graph per batch and product: about 1.6× the
+          product's time per rebuilt batch, for one graph held instead of K). None: all.
         """
         params = {
             name: view.detach().requires_grad_(True)
@@ -321,6 +328,7 @@ class LossEngine:
         }
         leaves = list(params.values())
         chosen = range(self.num_batches) if batch is None else [batch]
+        keep = len(chosen) if kept_graphs is None else max(0, min(int(kept_graphs), len(chosen)))
         weight = 1.0 / len(chosen)
         total = torch.zeros_like(theta, dtype=self.dtype, device=self.device)
         pieces = [
@@ -328,38 +336,61 @@ class LossEngine:
             for piece, p in zip(torch.split(total, self.numels), leaves, strict=True)
         ]
         roots: list[tuple[list[Tensor], list[int]]] = []
+        rebuilt: list[int] = []
         value = 0.0
-        for k in chosen:
-            saved: set[int] = set()
-
-            def pack(t: Tensor, saved: set[int] = saved) -> Tensor:
-                # What the gradient's own graph keeps for the products: its storage is not ours
-                # to free. Detached: a node that saves its own output would otherwise hold itself
-                # (a cycle through C++ that Python's collector cannot see: every checkpoint's θ
-                # and graph stayed alive, measured). Products never differentiate these values.
-                saved.add(t.untyped_storage().data_ptr())
-                return t.detach()
-
-            with torch.enable_grad():
-                loss = self._call(params, self.batches[k]) * weight
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-            value += float(loss.detach())
+        for position, k in enumerate(chosen):
+            loss, grads, saved = self._batch_graph(params, k, weight)
+            value += loss
             kept, which = [], []
             for i, g in enumerate(grads):
                 if g is None:  # a parameter this batch does not use: no second-order term either
                     continue
                 pieces[i].add_(g.detach())
+                if position >= keep:
+                    continue
                 if saved:  # no hook ran: nothing proves a root unsaved, so none is freed
                     _release(g, saved)
                 kept.append(g)
                 which.append(i)
-            roots.append((kept, which))
+            if position < keep:
+                roots.append((kept, which))
+            else:
+                rebuilt.append(k)  # its graph goes with ``grads`` when the loop moves on
+            del grads
         self.cost.grad += 1
         self.cost.grad_batches += len(chosen)
         return HessianOperator(
-            params=leaves, roots=roots, grad=total, loss=value, engine=self, passes=len(chosen)
+            params=leaves,
+            roots=roots,
+            grad=total,
+            loss=value,
+            engine=self,
+            passes=len(chosen),
+            rebuilt=rebuilt,
+            weight=weight,
         )
+
+    def _batch_graph(
+        self, params: dict[str, Tensor], k: int, weight: float
+    ) -> tuple[float, tuple[Tensor | None, ...], set[int]]:
+        """weight·J_k at the leaves ``params``, its gradient with the graph for products, and
+        the storages that graph saved."""
+        saved: set[int] = set()
+
+        def pack(t: Tensor) -> Tensor:
+            # What the gradient's own graph keeps for the products: its storage is not ours to
+            # free. Detached: a node that saves its own output would otherwise hold itself (a
+            # cycle through C++ that Python's collector cannot see: every checkpoint's θ and
+            # graph stayed alive, measured). Products never differentiate these values.
+            saved.add(t.untyped_storage().data_ptr())
+            return t.detach()
+
+        leaves = list(params.values())
+        with torch.enable_grad():
+            loss = self._call(params, self.batches[k]) * weight
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        return float(loss.detach()), grads, saved
 
     def operator_memory(self, theta: Tensor, batch: int = 0) -> OperatorMemory:
         """What one probe batch's Hessian operator needs at ``theta`` beyond the parameter-sized
@@ -442,6 +473,8 @@ class HessianOperator:
     engine: LossEngine
     passes: int = 1  # probe batches in the graph: the unit cost of one product
     supports_out: bool = True  # ``__call__`` takes ``out=``: Lanczos' cue to pass a basis row
+    rebuilt: list[int] = field(default_factory=list)  # batches whose graph each product rebuilds
+    weight: float = 1.0  # each batch's share of the probe loss (1/K)
 
     @property
     def gradient(self) -> Tensor:
@@ -489,6 +522,20 @@ class HessianOperator:
                         inputs=[self.params[i] for i in which],
                         retain_graph=True,
                     )
+            if self.rebuilt:
+                params = dict(zip(self.engine.names, self.params, strict=True))
+            for k in self.rebuilt:  # one graph at a time, freed by its own backward
+                _, grads, _ = self.engine._batch_graph(params, k, self.weight)
+                present = [(i, g) for i, g in enumerate(grads) if g is not None]
+                if present:
+                    torch.autograd.backward(
+                        [g for _, g in present],
+                        [directions[i] for i, _ in present],
+                        inputs=[self.params[i] for i, _ in present],
+                    )
+                del present
+                del grads
+                self.engine.cost.grad_batches += 1
         finally:
             for param in self.params:
                 param.grad = None

@@ -4,8 +4,9 @@ The analysis' peak is a small multiple of the model, independent of Lanczos iter
 the sequence length. Counted in vectors of the model's size in the analysis dtype:
 
 - **fixed** (:data:`FIXED_VECTORS`): θ, the gradient and its graph, a Hessian-vector
-  product and one vector of autograd's temporaries (:data:`PRODUCT_TEMPORARY_VECTORS`), Lanczos' work and Ritz vectors, a probe point of the
-  escape test or a landscape plot, the checkpoint being read, the optimizer's state and step;
+  product and one vector of autograd's temporaries (:data:`PRODUCT_TEMPORARY_VECTORS`),
+  Lanczos' work and Ritz vectors, a probe point of the escape test or a landscape plot, the
+  checkpoint being read, the optimizer's state and step;
 - **Lanczos basis**: ``lanczos_max_vectors`` (thick restart keeps it fixed);
 - **per-batch gradients**: ``2 × batch_gradient_chunk`` (a chunk, and the optimizer steps made
   from it or a second chunk of the Gram matrix); all K only when they fit.
@@ -16,7 +17,9 @@ batch's operator at θ₀):
 
 - **the Hessian operator's graphs** (``graph_bytes``): it keeps one gradient graph per probe
   batch, each holding the activations its products need (a 25M-parameter GPT at 4 × 16 tokens:
-  30 MiB per batch, 2.5 vectors for K = 8); one batch's saved tensors × K;
+  30 MiB per batch, 2.5 vectors for K = 8); one batch's saved tensors (``batch_graph_bytes``)
+  × the graphs kept (``kept_graphs``, all K unless they do not fit; one more while a product
+  builds a batch's graph again);
 - **one product's temporaries** (``product_bytes``): the peak of the tensors a product makes
   while it runs (products go batch by batch, so once), beyond the one vector the fixed ones
   allow. Within it for narrow outputs (an MLP: 1.1–1.6 vectors); for a softmax over a large
@@ -24,8 +27,10 @@ batch's operator at θ₀):
   4M-parameter model beyond the parameter-shaped ones).
 
 ``plan_memory`` starts from the preferred plan (24 Lanczos vectors, all K gradients at once up
-to :data:`DEFAULT_BATCH_GRADIENT_BYTES`) and, over the budget, first takes the gradients in smaller chunks (more gradient passes), then
-shrinks the basis to :data:`MIN_PLANNED_VECTORS` (more HVPs). If even that does not fit it raises
+to :data:`DEFAULT_BATCH_GRADIENT_BYTES`, all K graphs) and, over the budget, first takes the
+gradients in smaller chunks (more gradient passes); then keeps fewer graphs if that alone fits
+(more time per product), else shrinks the basis to :data:`MIN_PLANNED_VECTORS` (more HVPs) and
+keeps fewer graphs only if that is not enough. If even that does not fit it raises
 :class:`MemoryBudgetError` before any quantity is computed, saying what to lower. The process
 itself (Python, torch: a few hundred MB) comes on top; the estimate is what the battery's own
 tensors need. The default budget is what the device has free.
@@ -79,7 +84,9 @@ class MemoryPlan:
     num_batches: int
     lanczos_max_vectors: int
     batch_gradient_chunk: int
-    graph_bytes: int  # the Hessian operator's K per-batch graphs (measured)
+    kept_graphs: int  # probe batches whose gradient graph the Hessian operator keeps
+    batch_graph_bytes: int  # what one batch's graph holds (measured)
+    graph_bytes: int  # the graphs alive at once: the kept ones, and one rebuilt if any is not
     product_bytes: int  # one product's temporaries at their peak (measured; a vector is fixed)
     estimate_bytes: int
     budget_bytes: int | None
@@ -134,6 +141,12 @@ def _estimate(vector_bytes: int, vectors: int, chunk: int, activation_bytes: int
     return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk) + activation_bytes
 
 
+def held_graphs(kept: int, num_batches: int) -> int:
+    """Graphs alive at once when ``kept`` of ``num_batches`` are kept: one more while a product
+    builds one of the others again."""
+    return kept if kept >= num_batches else kept + 1
+
+
 def plan_memory(
     *,
     num_parameters: int,
@@ -142,36 +155,53 @@ def plan_memory(
     budget_bytes: int | None,
     budget_source: str = "requested",
     max_vectors: int = DEFAULT_MAX_VECTORS,
-    graph_bytes: int = 0,
+    batch_graph_bytes: int = 0,
     product_bytes: int = 0,
 ) -> MemoryPlan:
     """The largest plan within ``budget_bytes`` (None: no limit); raises if none fits.
 
-    ``graph_bytes``: what the Hessian operator's K per-batch graphs hold; ``product_bytes``: the
-    peak of one product's temporaries (both measured by the caller), of which the fixed vectors
-    already hold :data:`PRODUCT_TEMPORARY_VECTORS`.
+    ``batch_graph_bytes``: what one probe batch's gradient graph holds for the products;
+    ``product_bytes``: the peak of one product's temporaries (both measured by the caller), of
+    which the fixed vectors already hold :data:`PRODUCT_TEMPORARY_VECTORS`.
+
+    Over the budget: the per-batch gradients go in smaller chunks first (a few % of the time).
+    Then, if keeping fewer gradient graphs alone would fit (activations dominate: long
+    sequences, a large vocabulary), the fewest graphs are given up (each product builds those
+    batches' again: about 1.6× a product's time per batch); otherwise the Lanczos basis shrinks
+    (more products), and graphs go too only if that is not enough (the basis then takes back
+    what they freed).
     """
     vector_bytes = num_parameters * torch.empty(0, dtype=dtype).element_size()
     beyond = max(0, product_bytes - PRODUCT_TEMPORARY_VECTORS * vector_bytes)
-    activations = graph_bytes + beyond
     vectors = max_vectors
+    kept = num_batches
     chunk = max(1, min(num_batches, DEFAULT_BATCH_GRADIENT_BYTES // max(vector_bytes, 1)))
+
+    def need(graphs: int | None = None) -> int:
+        held = held_graphs(kept if graphs is None else graphs, num_batches)
+        return _estimate(vector_bytes, vectors, chunk, batch_graph_bytes * held + beyond)
+
     if budget_bytes is not None:
-
-        def need() -> int:
-            return _estimate(vector_bytes, vectors, chunk, activations)
-
         while need() > budget_bytes and chunk > 1:
             chunk = math.ceil(chunk / 2)
+        if need() > budget_bytes and need(0) <= budget_bytes:
+            while need() > budget_bytes:
+                kept -= 1
         while need() > budget_bytes and vectors > MIN_PLANNED_VECTORS:
+            vectors -= 1
+        while need() > budget_bytes and kept > 0:
+            kept -= 1
+        while vectors < max_vectors and need() <= budget_bytes:  # what the graphs gave back
+            vectors += 1
+        if need() > budget_bytes and vectors > MIN_PLANNED_VECTORS:
             vectors -= 1
         if need() > budget_bytes:
             hint = "--dtype float32 (half the bytes per vector), " if dtype == torch.float64 else ""
-            graphs = (
-                f", plus {_fmt(activations)} of activations ({_fmt(graph_bytes)} in the "
-                f"{num_batches} probe batches' gradient graphs, {_fmt(beyond)} of one "
+            activations = (
+                f", plus {_fmt(batch_graph_bytes + beyond)} of activations (one probe batch's "
+                f"gradient graph at a time, {_fmt(batch_graph_bytes)}; {_fmt(beyond)} of one "
                 "product's temporaries beyond a vector)"
-                if activations
+                if batch_graph_bytes + beyond
                 else ""
             )
             raise MemoryBudgetError(
@@ -179,7 +209,7 @@ def plan_memory(
                 f"{str(dtype).removeprefix('torch.')} needs at least {_fmt(need())} "
                 f"({FIXED_VECTORS + vectors + 2 * chunk} vectors of {_fmt(vector_bytes)}: "
                 f"{FIXED_VECTORS} fixed, a {vectors}-vector Lanczos basis, per-batch gradients "
-                f"one at a time{graphs}), but the memory budget is {_fmt(budget_bytes)} "
+                f"one at a time{activations}), but the memory budget is {_fmt(budget_bytes)} "
                 f"({budget_source}). Lower what it needs with {hint}a smaller model or a probe "
                 "of fewer or smaller batches, or raise --memory-budget (OBSTACLE_MEMORY_BUDGET "
                 "for a worker)."
@@ -191,9 +221,11 @@ def plan_memory(
         num_batches=num_batches,
         lanczos_max_vectors=vectors,
         batch_gradient_chunk=chunk,
-        graph_bytes=graph_bytes,
+        kept_graphs=kept,
+        batch_graph_bytes=batch_graph_bytes,
+        graph_bytes=batch_graph_bytes * held_graphs(kept, num_batches),
         product_bytes=product_bytes,
-        estimate_bytes=_estimate(vector_bytes, vectors, chunk, activations),
+        estimate_bytes=need(),
         budget_bytes=budget_bytes,
         budget_source=budget_source if budget_bytes is not None else "none",
     )

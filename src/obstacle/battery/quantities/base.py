@@ -125,9 +125,12 @@ class CheckpointContext:
         return self._gram
 
     def hessian(self) -> HessianOperator:
-        """H(θ)·v with the gradient graph kept, built once (it also yields the gradient)."""
+        """H(θ)·v with the gradient graph kept, built once (it also yields the gradient); the
+        graphs of the first ``options["kept_graphs"]`` probe batches only when the memory plan
+        says so (the others are built again by each product)."""
         if self._hessian is None:
-            self._hessian = self.engine.hessian_operator(self.theta)
+            kept = self.options.get("kept_graphs")
+            self._hessian = self.engine.hessian_operator(self.theta, kept_graphs=kept)
             if self._grad is None:
                 self._grad = (self._hessian.loss, self._hessian.gradient)
         return self._hessian
