@@ -400,8 +400,21 @@ def _summary(r: dict[str, Any]) -> str:
             if r.get("device_peak_mb") is not None
             else ""
         )
+        + _plan_summary(r)
         + f"Lanczos matvecs {r['matvecs']}; unit ms "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["unit_ms"].items())
+    )
+
+
+def _plan_summary(r: dict[str, Any]) -> str:
+    """The memory plan's choices, where it made any: basis, gradient chunk, graphs kept."""
+    plan = r.get("memory_plan") or {}
+    if "kept_graphs" not in plan:
+        return ""
+    return (
+        f"plan: {plan['lanczos_max_vectors']} basis vectors, gradients {plan['batch_gradient_chunk']}"
+        f" at a time, {plan['kept_graphs']}/{plan['num_batches']} graphs kept "
+        f"({plan['batch_graph_bytes'] / MIB:.1f} MiB each); "
     )
 
 
