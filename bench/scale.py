@@ -472,26 +472,43 @@ def _plan_mb(r: dict[str, Any]) -> str:
     return _num(plan["estimate_bytes"] / MIB if "estimate_bytes" in plan else None, ".0f")
 
 
+def _table(
+    head: str, rows: list[tuple[str, int, dict[str, Any]]], cells: Callable[[float, Any], list[str]]
+) -> str:
+    """A markdown table: model, parameters and fp32 weights MiB, then ``cells(weights, r)``
+    (or the row's error across the rest)."""
+    columns = head.count(" | ") + 1
+    lines = [head, "|" + "---|" * columns]
+    for name, n, r in rows:
+        weights = 4 * n / MIB
+        first = [name, f"{n:,}", f"{weights:.1f}"]
+        rest = [r["error"]] + [""] * (columns - 4) if "error" in r else cells(weights, r)
+        lines.append("| " + " | ".join(first + rest) + " |")
+    return "\n".join(lines)
+
+
 def grid_table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
     head = (
         "| model | parameters | fp32 weights MiB | dtype | base RSS MiB | peak RSS MiB | plan MiB "
         "| peak / weights | (peak − base) / weights | s / checkpoint | wall / floor | HVPs / checkpoint | λmin | λmax |"
     )
-    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
-    for name, n, r in rows:
-        weights = 4 * n / MIB
-        if "error" in r:
-            lines.append(f"| {name} | {n:,} | {weights:.1f} | {r['error']} |" + " |" * 10)
-            continue
-        lines.append(
-            f"| {name} | {n:,} | {weights:.1f} | {r['dtype']} | {r['base_rss_mb']:.0f} "
-            f"| {r['peak_rss_mb']:.0f} | {_plan_mb(r)} | {r['peak_rss_mb'] / weights:.1f} "
-            f"| {(r['peak_rss_mb'] - r['base_rss_mb']) / weights:.1f} "
-            f"| {_mean(r['checkpoint_s']):.1f} | {r['wall_over_floor']:.2f} "
-            f"| {_mean(r['hvps']):.0f} | {_num(r['lambda_min'], '.3g')} "
-            f"| {_num(r['lambda_max'], '.3g')} |"
-        )
-    return "\n".join(lines)
+    return _table(
+        head,
+        rows,
+        lambda weights, r: [
+            r["dtype"],
+            f"{r['base_rss_mb']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+            _plan_mb(r),
+            f"{r['peak_rss_mb'] / weights:.1f}",
+            f"{(r['peak_rss_mb'] - r['base_rss_mb']) / weights:.1f}",
+            f"{_mean(r['checkpoint_s']):.1f}",
+            f"{r['wall_over_floor']:.2f}",
+            f"{_mean(r['hvps']):.0f}",
+            _num(r["lambda_min"], ".3g"),
+            _num(r["lambda_max"], ".3g"),
+        ],
+    )
 
 
 def device_table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
@@ -501,20 +518,22 @@ def device_table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
         "| peak CUDA / weights | peak RSS MiB | s / checkpoint | wall / floor "
         "| HVPs / checkpoint | λmin | λmax |"
     )
-    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
-    for name, n, r in rows:
-        weights = 4 * n / MIB
-        if "error" in r:
-            lines.append(f"| {name} | {n:,} | {weights:.1f} | {r['error']} |" + " |" * 9)
-            continue
-        lines.append(
-            f"| {name} | {n:,} | {weights:.1f} | {r['dtype']} | {r['device_peak_mb']:.0f} "
-            f"| {_plan_mb(r)} | {r['device_peak_mb'] / weights:.1f} | {r['peak_rss_mb']:.0f} "
-            f"| {_mean(r['checkpoint_s']):.1f} | {r['wall_over_floor']:.2f} "
-            f"| {_mean(r['hvps']):.0f} | {_num(r['lambda_min'], '.4g')} "
-            f"| {_num(r['lambda_max'], '.4g')} |"
-        )
-    return "\n".join(lines)
+    return _table(
+        head,
+        rows,
+        lambda weights, r: [
+            r["dtype"],
+            f"{r['device_peak_mb']:.0f}",
+            _plan_mb(r),
+            f"{r['device_peak_mb'] / weights:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{_mean(r['checkpoint_s']):.1f}",
+            f"{r['wall_over_floor']:.2f}",
+            f"{_mean(r['hvps']):.0f}",
+            _num(r["lambda_min"], ".4g"),
+            _num(r["lambda_max"], ".4g"),
+        ],
+    )
 
 
 def extreme_error(value: float | None, reference: float | None, lambda_max: float | None) -> float:
