@@ -34,3 +34,14 @@ def test_backward_temporaries_are_counted_and_freed() -> None:
     assert 2 * vector <= live.peak <= 6 * vector, live.peak / vector
     # What is left after the block is x.grad, made in it and kept.
     assert live.current == vector
+
+
+def test_tensors_without_memory_of_their_own_are_not_counted() -> None:
+    # Autograd makes zero tensors (no storage) for gradients that are known to be zero; a
+    # logistic regression's double backward made one, and reading its storage raised.
+    with LiveBytes() as live:
+        zero = torch.ops.aten._efficientzerotensor([16], dtype=torch.float64)
+        meta = torch.empty(1000, device="meta")
+        ones = torch.ones(10)  # 40 B, kept alive to the end
+    assert zero._is_zerotensor() and meta.is_meta and ones.numel() == 10
+    assert live.peak == 40

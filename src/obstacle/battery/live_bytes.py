@@ -17,6 +17,7 @@ import threading
 import weakref
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -47,19 +48,15 @@ class LiveBytes(TorchDispatchMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in tree_flatten((args, kwargs))[0]
-            if isinstance(t, Tensor)
-        }
+        inputs = {_storage(t)[0] for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)}
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if not isinstance(t, Tensor) or t._is_view():
                 continue
-            storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in inputs:  # in place, or an alias of an input
+            key, nbytes = _storage(t)
+            if nbytes == 0 or key in inputs:  # in place, an alias of an input, or no memory
                 continue
+            storage = t.untyped_storage()
             with self._lock:
                 if key in self._alive:
                     continue
@@ -69,3 +66,15 @@ class LiveBytes(TorchDispatchMode):
             # torch keeps one Python object per live storage: this runs when its memory is freed
             weakref.finalize(storage, self._freed, key, nbytes)
         return out
+
+
+def _storage(t: Tensor) -> tuple[int, int]:
+    """(data pointer, bytes) of a tensor's storage; (0, 0) for one without memory of its own (a
+    zero tensor autograd makes for an unused gradient, a meta or sparse tensor)."""
+    if t._is_zerotensor() or t.is_meta or t.layout != torch.strided:
+        return 0, 0
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # no storage torch can hand out
+        return 0, 0
