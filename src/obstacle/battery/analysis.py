@@ -470,7 +470,7 @@ def analyze(
         if progress:
             progress("checkpoint", i, len(steps))
         records.append(analyzer.record(step, progress))
-    del analyzer  # its θ₀ and warm-start vectors: the run-level tests bind their own
+    del analyzer  # its warm-start vectors: the run-level tests bind their own
     if progress:
         progress("checkpoint", len(steps), len(steps))
         progress("run", 0, 1)

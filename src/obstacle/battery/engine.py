@@ -341,22 +341,18 @@ class LossEngine:
         for position, k in enumerate(chosen):
             loss, grads, saved = self._batch_graph(params, k, weight)
             value += loss
-            kept, which = [], []
-            for i, g in enumerate(grads):
-                if g is None:  # a parameter this batch does not use: no second-order term either
-                    continue
-                pieces[i].add_(g.detach())
-                if position >= keep:
-                    continue
-                if saved:  # no hook ran: nothing proves a root unsaved, so none is freed
-                    _release(g, saved)
-                kept.append(g)
-                which.append(i)
-            if position < keep:
-                roots.append((kept, which))
-            else:
-                rebuilt.append(k)  # its graph goes with ``grads`` when the loop moves on
+            # A parameter this batch does not use (None) has no second-order term either.
+            present = [(i, g) for i, g in enumerate(grads) if g is not None]
             del grads
+            for i, g in present:
+                pieces[i].add_(g.detach())
+            if position >= keep:
+                rebuilt.append(k)  # its graph goes with ``present`` when the loop moves on
+                continue
+            if saved:  # no hook ran: nothing proves a root unsaved, so none is freed
+                for _, g in present:
+                    _release(g, saved)
+            roots.append(([g for _, g in present], [i for i, _ in present]))
         self.cost.grad += 1
         self.cost.grad_batches += len(chosen)
         return HessianOperator(
@@ -367,7 +363,6 @@ class LossEngine:
             engine=self,
             passes=len(chosen),
             rebuilt=rebuilt,
-            weight=weight,
         )
 
     def _batch_graph(
@@ -474,7 +469,6 @@ class HessianOperator:
     passes: int = 1  # probe batches in the graph: the unit cost of one product
     supports_out: bool = True  # ``__call__`` takes ``out=``: Lanczos' cue to pass a basis row
     rebuilt: list[int] = field(default_factory=list)  # batches whose graph each product rebuilds
-    weight: float = 1.0  # each batch's share of the probe loss (1/K)
 
     @property
     def gradient(self) -> Tensor:
@@ -522,11 +516,11 @@ class HessianOperator:
                         inputs=[self.params[i] for i in which],
                         retain_graph=True,
                     )
-            if self.rebuilt:
-                params = dict(zip(self.engine.names, self.params, strict=True))
+            params = dict(zip(self.engine.names, self.params, strict=True))
             for k in self.rebuilt:  # one graph at a time, freed by its own backward
-                _, grads, _ = self.engine._batch_graph(params, k, self.weight)
+                _, grads, _ = self.engine._batch_graph(params, k, 1.0 / self.passes)
                 present = [(i, g) for i, g in enumerate(grads) if g is not None]
+                del grads
                 if present:
                     torch.autograd.backward(
                         [g for _, g in present],
@@ -534,7 +528,6 @@ class HessianOperator:
                         inputs=[self.params[i] for i, _ in present],
                     )
                 del present
-                del grads
                 self.engine.cost.grad_batches += 1
         finally:
             for param in self.params:

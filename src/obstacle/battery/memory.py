@@ -141,7 +141,7 @@ def _estimate(vector_bytes: int, vectors: int, chunk: int, activation_bytes: int
     return vector_bytes * (FIXED_VECTORS + vectors + 2 * chunk) + activation_bytes
 
 
-def held_graphs(kept: int, num_batches: int) -> int:
+def _held_graphs(kept: int, num_batches: int) -> int:
     """Graphs alive at once when ``kept`` of ``num_batches`` are kept: one more while a product
     builds one of the others again."""
     return kept if kept >= num_batches else kept + 1
@@ -177,9 +177,10 @@ def plan_memory(
     kept = num_batches
     chunk = max(1, min(num_batches, DEFAULT_BATCH_GRADIENT_BYTES // max(vector_bytes, 1)))
 
-    def need(graphs: int | None = None) -> int:
-        held = held_graphs(kept if graphs is None else graphs, num_batches)
-        return _estimate(vector_bytes, vectors, chunk, batch_graph_bytes * held + beyond)
+    def need(graphs: int | None = None, basis: int | None = None) -> int:
+        held = _held_graphs(kept if graphs is None else graphs, num_batches)
+        basis = vectors if basis is None else basis
+        return _estimate(vector_bytes, basis, chunk, batch_graph_bytes * held + beyond)
 
     if budget_bytes is not None:
         while need() > budget_bytes and chunk > 1:
@@ -191,10 +192,8 @@ def plan_memory(
             vectors -= 1
         while need() > budget_bytes and kept > 0:
             kept -= 1
-        while vectors < max_vectors and need() <= budget_bytes:  # what the graphs gave back
-            vectors += 1
-        if need() > budget_bytes and vectors > MIN_PLANNED_VECTORS:
-            vectors -= 1
+        while vectors < max_vectors and need(basis=vectors + 1) <= budget_bytes:
+            vectors += 1  # what the graphs gave back
         if need() > budget_bytes:
             hint = "--dtype float32 (half the bytes per vector), " if dtype == torch.float64 else ""
             activations = (
@@ -223,7 +222,7 @@ def plan_memory(
         batch_gradient_chunk=chunk,
         kept_graphs=kept,
         batch_graph_bytes=batch_graph_bytes,
-        graph_bytes=batch_graph_bytes * held_graphs(kept, num_batches),
+        graph_bytes=batch_graph_bytes * _held_graphs(kept, num_batches),
         product_bytes=product_bytes,
         estimate_bytes=need(),
         budget_bytes=budget_bytes,
