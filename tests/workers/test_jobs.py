@@ -5,6 +5,7 @@ analyses through worker processes run in tests/workers/test_end_to_end.py and te
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from obstacle.service.app import create_app
 from obstacle.service.settings import Settings
 from obstacle.workers import jobs
 from obstacle.workers.rundir import RunDirectories
+from obstacle.workers.time_limits import FinalizeLimit
 
 
 @pytest.fixture
@@ -41,7 +43,15 @@ def queued(
 
 
 class Finalizations(list[uuid.UUID]):
-    pass
+    """The analyses whose run-level task was queued, in order, and the limit each was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[FinalizeLimit] = []
+
+    def __call__(self, analysis_id: uuid.UUID, limit: FinalizeLimit) -> None:
+        self.append(analysis_id)
+        self.limits.append(limit)
 
 
 @pytest.fixture
@@ -55,7 +65,7 @@ def context(settings: Settings, tmp_path: Path) -> Iterator[tuple[jobs.Context, 
         run_dirs=RunDirectories(store, tmp_path / "cache"),
         device="cpu",
         max_attempts=2,
-        send_finalize=sent.append,
+        send_finalize=sent,
     )
     yield ctx, sent
     engine.dispose()
@@ -118,6 +128,9 @@ def test_a_redelivered_group_finishes_each_step_once(
         record = after[step].record or {}
         assert record["step"] == step and record["details"]["lanczos"]["matvecs"] > 0
     assert sent == [analysis_id]
+    # Priced from the two steps this delivery measured (step 5's record counts no passes).
+    assert sent.limits[0].predicted_s is not None and sent.limits[0].predicted_s > 0
+    assert sent.limits[0].seconds == max(240, min(4860, math.ceil(3 * sent.limits[0].predicted_s)))
 
     jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15])  # and again, once all had finished
     again = rows(ctx, analysis_id)

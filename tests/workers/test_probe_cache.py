@@ -50,7 +50,7 @@ def test_same_program_different_manifests_get_their_own_probe(
         run_dirs=RunDirectories(store, tmp_path / "cache"),
         device="cpu",
         max_attempts=2,
-        send_finalize=lambda _ident: None,
+        send_finalize=lambda _ident, _limit: None,
     )
     batch_sizes: dict[str, int] = {}
     try:

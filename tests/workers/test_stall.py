@@ -55,7 +55,7 @@ def stalled_service(
             run_dirs=RunDirectories(store, tmp_path / "cache"),
             device="cpu",
             max_attempts=2,
-            send_finalize=lambda _ident: None,
+            send_finalize=lambda _ident, _limit: None,
             heartbeat_s=settings.stall_heartbeat_s,
         ),
     )

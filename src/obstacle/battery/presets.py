@@ -28,6 +28,20 @@ class Preset:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def run_level_loss_evaluations(self, num_checkpoints: int) -> int:
+        """At most how many probe loss evaluations the run-level tests spend on ``num_checkpoints``
+        analysed checkpoints: the θ0 → θT line (and its validation curve), each checkpoint's line to
+        θT sharing J(θT), and the 2-D lattice. Each evaluation passes over every probe batch."""
+        if num_checkpoints < 2:
+            return 0
+        line = 2 * (self.interpolation_points + 2)  # α = 0 and 1 may join the grid; validation
+        lines = (
+            1 + (num_checkpoints - 1) * (self.checkpoint_interpolation_points - 1)
+            if self.checkpoint_interpolation_points
+            else 0
+        )
+        return line + lines + self.subspace_grid**2
+
 
 PRESETS = {
     "quick": Preset("quick", 4, 40, 1e-2, 11, 21, 0, 0, 200, False),

@@ -14,7 +14,10 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
     OBSTACLE_CHECKPOINTS_PER_TASK   checkpoints one task analyses in order, Lanczos warm-started
                                     along them (default 20: a typical analysis is one task)
     OBSTACLE_CHECKPOINT_TIME_LIMIT_S   time per checkpoint: a task's hard limit is this × its group
-    OBSTACLE_FINALIZE_TIME_LIMIT_S  hard limit of the run-level task
+    OBSTACLE_FINALIZE_TIME_LIMIT_S  the run-level task's least hard limit (default 240); it gets
+                                    3 × what its checkpoints' measured cost predicts when that is
+                                    more, up to 0.9 × the visibility timeout (a 25M-parameter model
+                                    on a CPU core needs minutes)
     OBSTACLE_ANALYSIS_STALL_TIMEOUT_S  an analysis no worker has touched this long is marked
                                     failed (default 600): a worker heartbeats the analysis every
                                     min(30 s, a quarter of this) while it works on it, so a dead

@@ -51,6 +51,7 @@ from obstacle.platform.models import (
 )
 from obstacle.platform.store import ArtifactStore
 from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories, TrainLogFile
+from obstacle.workers.time_limits import FinalizeLimit, finalize_time_limit
 
 __all__ = [
     "Context",
@@ -75,11 +76,13 @@ class Context:
     run_dirs: RunDirectories
     device: str
     max_attempts: int
-    send_finalize: Callable[[uuid.UUID], None]
+    send_finalize: Callable[[uuid.UUID, FinalizeLimit], None]  # queue the run-level task
     permanent_errors: tuple[type[BaseException], ...] = (ObstacleError,)
     timeouts: tuple[type[BaseException], ...] = ()
     memory_budget: str | None = None  # OBSTACLE_MEMORY_BUDGET; None: what the device has free
     heartbeat_s: float = 30.0  # how often the analysis worked on is touched (stall detection)
+    finalize_time_limit_s: int = 240  # OBSTACLE_FINALIZE_TIME_LIMIT_S: the run level's least limit
+    time_limit_cap_s: int = 4860  # 0.9 × OBSTACLE_VISIBILITY_TIMEOUT_S: no task limit above it
 
 
 @dataclass(frozen=True)
@@ -337,7 +340,8 @@ def _run_battery(ctx: Context, call: Callable[[], Any], *, what: str) -> tuple[A
 
 
 def _maybe_finalize(ctx: Context, analysis_id: uuid.UUID, *, resend: bool = False) -> None:
-    """Queue the run-level task once every checkpoint has finished."""
+    """Queue the run-level task once every checkpoint has finished, with a time limit that follows
+    the cost its checkpoints measured (see ``obstacle.workers.time_limits``)."""
     with session_scope(ctx.sessions) as session:
         analysis = session.get(Analysis, analysis_id)
         if analysis is None or analysis.state in AnalysisState.TERMINAL:
@@ -361,17 +365,40 @@ def _maybe_finalize(ctx: Context, analysis_id: uuid.UUID, *, resend: bool = Fals
             .values(state=AnalysisState.FINALIZING, updated_at=utcnow())
         )
         won = bool(getattr(claimed, "rowcount", 0))
-    if won or resend:
-        ctx.send_finalize(analysis_id)
+        if not (won or resend):
+            return
+        preset = analysis.preset
+        measured = session.execute(
+            select(
+                CheckpointResult.started_at, CheckpointResult.finished_at, CheckpointResult.record
+            )
+            .where(CheckpointResult.analysis_id == analysis_id, CheckpointResult.state == DONE)
+            .order_by(CheckpointResult.step)
+        ).all()
+    limit = finalize_time_limit(
+        preset=preset,
+        checkpoints=[
+            ((finished - started).total_seconds(), record or {})
+            for started, finished, record in measured
+            if started is not None and finished is not None
+        ],
+        floor_s=ctx.finalize_time_limit_s,
+        cap_s=ctx.time_limit_cap_s,
+    )
+    logger.info("analysis %s: run-level task queued, time limit %s", analysis_id, limit.describe())
+    ctx.send_finalize(analysis_id, limit)
 
 
-def finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
-    """The run-level tests, the verdict and the report; safe to run more than once."""
+def finalize_analysis(
+    ctx: Context, analysis_id: uuid.UUID, *, time_limit: str = "OBSTACLE_FINALIZE_TIME_LIMIT_S"
+) -> None:
+    """The run-level tests, the verdict and the report; safe to run more than once.
+    ``time_limit`` says what the task's limit is, for the message if it runs over."""
     with _heartbeat(ctx, analysis_id):
-        _finalize_analysis(ctx, analysis_id)
+        _finalize_analysis(ctx, analysis_id, time_limit)
 
 
-def _finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
+def _finalize_analysis(ctx: Context, analysis_id: uuid.UUID, time_limit: str) -> None:
     job = _load_job(ctx, analysis_id)
     if job is None:
         return
@@ -422,8 +449,9 @@ def _finalize_analysis(ctx: Context, analysis_id: uuid.UUID) -> None:
         report, error = (
             None,
             (
-                "run-level analysis: over the task's time limit (OBSTACLE_FINALIZE_TIME_LIMIT_S); use a "
-                "cheaper preset or raise the limit"
+                f"run-level analysis: over the task's time limit of {time_limit}; use a cheaper "
+                "preset, or raise OBSTACLE_FINALIZE_TIME_LIMIT_S (and OBSTACLE_VISIBILITY_TIMEOUT_S "
+                "if the limit was cut to it)"
             ),
         )
     if error is not None:

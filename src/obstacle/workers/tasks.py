@@ -24,6 +24,7 @@ from obstacle.workers import jobs
 from obstacle.workers.app import app, settings
 from obstacle.workers.rundir import RunDirectories
 from obstacle.workers.runtime import select_device
+from obstacle.workers.time_limits import FinalizeLimit
 
 __all__ = ["TRANSIENT", "analyze_checkpoints", "finalize_analysis"]
 
@@ -54,9 +55,21 @@ def context() -> jobs.Context:
         memory_budget=settings.memory_budget,
         heartbeat_s=settings.stall_heartbeat_s,
         max_attempts=settings.max_task_attempts,
-        send_finalize=lambda analysis_id: finalize_analysis.delay(str(analysis_id)),
+        send_finalize=_send_finalize,
+        finalize_time_limit_s=settings.finalize_time_limit_s,
+        time_limit_cap_s=int(0.9 * settings.visibility_timeout_s),
         permanent_errors=(ObstacleError,),
         timeouts=(SoftTimeLimitExceeded,),
+    )
+
+
+def _send_finalize(analysis_id: uuid.UUID, limit: FinalizeLimit) -> None:
+    # The limit is the message's own (Celery keeps it across a redelivery), not the task's default.
+    finalize_analysis.apply_async(
+        (str(analysis_id),),
+        {"limit": limit.describe()},
+        time_limit=limit.seconds,
+        soft_time_limit=_soft(limit.seconds),
     )
 
 
@@ -107,11 +120,15 @@ def analyze_checkpoints(self: Any, analysis_id: str, steps: list[int]) -> None:
     time_limit=settings.finalize_time_limit_s,
     max_retries=MAX_RETRIES,
 )
-def finalize_analysis(self: Any, analysis_id: str) -> None:
-    """The run-level tests, the verdict and the report of an analysis."""
+def finalize_analysis(self: Any, analysis_id: str, limit: str | None = None) -> None:
+    """The run-level tests, the verdict and the report of an analysis; ``limit`` describes the
+    time limit it was queued with (the default, OBSTACLE_FINALIZE_TIME_LIMIT_S, when None)."""
     ident = uuid.UUID(analysis_id)
     try:
-        jobs.finalize_analysis(context(), ident)
+        if limit is None:
+            jobs.finalize_analysis(context(), ident)
+        else:
+            jobs.finalize_analysis(context(), ident, time_limit=limit)
     except TRANSIENT as exc:
         if self.request.retries < MAX_RETRIES:
             raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from exc
