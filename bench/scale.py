@@ -590,7 +590,12 @@ def compare_table(rows: list[tuple[str, int, list[dict[str, Any]]]], iters: list
     return "\n".join(lines)
 
 
-def write_section(path: Path, title: str, body: str) -> None:
+def write_section(
+    path: Path,
+    title: str,
+    body: str,
+    header: str = "bench/scale.py — the battery's peak RSS and overhead against model size",
+) -> None:
     """Replace the ``## title`` section of ``path`` (or append it), keeping the others."""
     sections: dict[str, str] = {}
     if path.exists():
@@ -603,9 +608,8 @@ def write_section(path: Path, title: str, body: str) -> None:
                 sections[current] += line
     sections = {t: "\n" + s.strip() + "\n\n" for t, s in sections.items()}
     sections[title] = "\n" + body.strip() + "\n\n"
-    header = "# bench/scale.py — the battery's peak RSS and overhead against model size\n\n"
     path.write_text(
-        header + "".join(f"## {t}\n{s}" for t, s in sections.items()).rstrip() + "\n",
+        f"# {header}\n\n" + "".join(f"## {t}\n{s}" for t, s in sections.items()).rstrip() + "\n",
         encoding="utf-8",
     )
 
