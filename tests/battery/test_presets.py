@@ -32,8 +32,10 @@ def _run(run_dir: Path, *, checkpoints: int, validation: bool) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("preset", ["quick", "standard"])
-@pytest.mark.parametrize(("checkpoints", "validation"), [(1, False), (2, True), (4, False)])
+@pytest.mark.parametrize(
+    ("preset", "checkpoints", "validation"),
+    [("quick", 1, False), ("quick", 2, True), ("standard", 2, True), ("standard", 4, False)],
+)
 def test_the_count_bounds_the_run_level_evaluations_within_the_validation_line(
     tmp_path: Path, preset: str, checkpoints: int, validation: bool
 ) -> None:

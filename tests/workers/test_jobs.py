@@ -245,3 +245,24 @@ def test_worker_memory_budget_setting_is_validated() -> None:
     assert WorkerSettings(memory_budget="20GiB").memory_budget == "20GiB"
     with pytest.raises(ValueError, match=r"OBSTACLE_MEMORY_BUDGET.*must be a size such as 8GiB"):
         WorkerSettings(memory_budget="lots")
+
+
+def test_a_group_that_would_run_past_its_budget_hands_the_rest_to_a_new_task(
+    queued: tuple[TestClient, uuid.UUID], context: tuple[jobs.Context, Finalizations]
+) -> None:
+    _, analysis_id = queued
+    ctx, sent = context
+    handed: list[tuple[uuid.UUID, list[int]]] = []
+    ctx.send_group = lambda ident, steps: handed.append((ident, steps))
+    # Any budget the first checkpoint used up: it runs (a task always makes progress), the rest go.
+    jobs.analyze_checkpoints(ctx, analysis_id, [5, 10, 15], budget_s=1e-6)
+    assert handed == [(analysis_id, [10, 15])]
+    assert {s: r.state for s, r in rows(ctx, analysis_id).items()} == {5: "done"}
+    assert sent == []  # the new task queues the run-level task when it is done
+    jobs.analyze_checkpoints(ctx, analysis_id, [10, 15], budget_s=None)  # the new task, unbounded
+    assert {s: r.state for s, r in rows(ctx, analysis_id).items()} == {
+        5: "done",
+        10: "done",
+        15: "done",
+    }
+    assert handed == [(analysis_id, [10, 15])] and sent == [analysis_id]

@@ -25,6 +25,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -66,6 +67,10 @@ logger = logging.getLogger("obstacle.workers")
 
 DONE, ERROR, RUNNING = "done", "error", "running"
 
+#: A group hands its remaining steps to a new task when this × its slowest checkpoint so far would
+#: end past its soft time limit.
+HANDOFF_MARGIN = 1.25
+
 
 @dataclass
 class Context:
@@ -82,6 +87,8 @@ class Context:
     memory_budget: str | None = None  # OBSTACLE_MEMORY_BUDGET; None: what the device has free
     heartbeat_s: float = 30.0  # how often the analysis worked on is touched (stall detection)
     finalize_time_limit_s: int = 240  # OBSTACLE_FINALIZE_TIME_LIMIT_S: the run level's least limit
+    # Queue a group's remaining steps as a task of their own (None: a group never hands off).
+    send_group: Callable[[uuid.UUID, list[int]], None] | None = None
     time_limit_cap_s: int = 4860  # 0.9 × OBSTACLE_VISIBILITY_TIMEOUT_S: no task limit above it
 
 
@@ -230,13 +237,25 @@ def _heartbeat(ctx: Context, analysis_id: uuid.UUID) -> Iterator[None]:
         thread.join(timeout=10)
 
 
-def analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) -> None:
-    """An ordered group of an analysis's checkpoints, warm-started along it; safe to run again."""
+def analyze_checkpoints(
+    ctx: Context, analysis_id: uuid.UUID, steps: list[int], *, budget_s: float | None = None
+) -> None:
+    """An ordered group of an analysis's checkpoints, warm-started along it; safe to run again.
+
+    ``budget_s`` is the task's soft time limit. Once a checkpoint is done here, a step that its
+    slowest checkpoint says would end past it is not started: the rest of the group goes to a new
+    task (``ctx.send_group``) with a time limit of its own. A long sequence of a large model is
+    then split over tasks instead of failing its last checkpoints; only the warm start is lost at
+    the cut.
+    """
     with _heartbeat(ctx, analysis_id):
-        _analyze_checkpoints(ctx, analysis_id, steps)
+        _analyze_checkpoints(ctx, analysis_id, steps, budget_s)
 
 
-def _analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int]) -> None:
+def _analyze_checkpoints(
+    ctx: Context, analysis_id: uuid.UUID, steps: list[int], budget_s: float | None
+) -> None:
+    started = time.monotonic()
     job = _load_job(ctx, analysis_id, steps=steps)
     if job is None:
         return
@@ -258,7 +277,26 @@ def _analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int])
         return sequence[0].record(step)
 
     redelivered = False
+    slowest = 0.0  # seconds of the slowest checkpoint analysed by this task
     for index, step in enumerate(group):
+        elapsed = time.monotonic() - started
+        if (
+            slowest > 0
+            and budget_s is not None
+            and ctx.send_group is not None
+            and elapsed + HANDOFF_MARGIN * slowest > budget_s
+        ):
+            logger.info(
+                "analysis %s: steps %s handed to a new task: %.0f s of this task's %.0f s are spent "
+                "and its slowest checkpoint took %.0f s",
+                analysis_id,
+                group[index:],
+                elapsed,
+                budget_s,
+                slowest,
+            )
+            ctx.send_group(analysis_id, group[index:])
+            return
         attempts = _claim(ctx, analysis_id, step)
         if attempts is None:  # finished by an earlier delivery of this group
             redelivered = True
@@ -276,18 +314,26 @@ def _analyze_checkpoints(ctx: Context, analysis_id: uuid.UUID, steps: list[int])
             run_dir = ctx.run_dirs.prepare(
                 job.probe, [job.checkpoints[s] for s in needed if s in job.checkpoints]
             )
+        begun = time.monotonic()
         try:
             result, error = _run_battery(ctx, partial(record, run_dir, step), what=f"step {step}")
         except ctx.timeouts:
-            # The hard limit follows shortly: record why this step and the rest were not analysed.
+            # The hard limit follows shortly: record why this step was not analysed, and hand the
+            # rest to a new task (or, without one, record them too).
             reason = (
-                f"its task ran over its time limit ({len(group)} checkpoints × "
-                f"OBSTACLE_CHECKPOINT_TIME_LIMIT_S) on step {step}; use a cheaper preset or raise "
-                "the limit"
+                f"its task ran over its time limit ({budget_s or 0:.0f} s, soft) on step {step}, "
+                "the task's first checkpoint or one much slower than those before it; use a cheaper "
+                "preset, or raise OBSTACLE_CHECKPOINT_TIME_LIMIT_S (a task may run this × "
+                "OBSTACLE_CHECKPOINTS_PER_TASK)"
             )
             _finish(ctx, analysis_id, step, record=None, error=f"step {step}: {reason}")
-            record_checkpoint_errors(ctx, analysis_id, group[index + 1 :], reason)
+            rest = group[index + 1 :]
+            if rest and ctx.send_group is not None:
+                ctx.send_group(analysis_id, rest)
+            else:
+                record_checkpoint_errors(ctx, analysis_id, rest, reason)
             return
+        slowest = max(slowest, time.monotonic() - begun)
         _finish(ctx, analysis_id, step, record=result, error=error)
     # A redelivered group whose steps had finished: its worker may have died before queueing the
     # run-level task, so queue it again if every step is done.

@@ -56,6 +56,7 @@ def context() -> jobs.Context:
         heartbeat_s=settings.stall_heartbeat_s,
         max_attempts=settings.max_task_attempts,
         send_finalize=_send_finalize,
+        send_group=lambda analysis_id, steps: analyze_checkpoints.delay(str(analysis_id), steps),
         finalize_time_limit_s=settings.finalize_time_limit_s,
         time_limit_cap_s=int(0.9 * settings.visibility_timeout_s),
         permanent_errors=(ObstacleError,),
@@ -71,6 +72,13 @@ def _send_finalize(analysis_id: uuid.UUID, limit: FinalizeLimit) -> None:
         time_limit=limit.seconds,
         soft_time_limit=_soft(limit.seconds),
     )
+
+
+def _soft_limit(task: Any) -> float | None:
+    """The running task's soft time limit: its message's, else the task's own."""
+    limits = getattr(task.request, "timelimit", None) or (None, None)
+    soft = limits[1] if len(limits) > 1 and limits[1] else task.soft_time_limit
+    return float(soft) if soft else None
 
 
 def _retry_delay(retries: int) -> int:
@@ -97,7 +105,7 @@ def analyze_checkpoints(self: Any, analysis_id: str, steps: list[int]) -> None:
     group to finish queues ``finalize_analysis``."""
     ident, group = uuid.UUID(analysis_id), [int(step) for step in steps]
     try:
-        jobs.analyze_checkpoints(context(), ident, group)
+        jobs.analyze_checkpoints(context(), ident, group, budget_s=_soft_limit(self))
     except TRANSIENT as exc:
         if self.request.retries < MAX_RETRIES:
             with suppress(*TRANSIENT):

@@ -1,10 +1,15 @@
-"""A real prefork worker (the pool that enforces time limits) on a run whose run-level tests take
-longer than OBSTACLE_FINALIZE_TIME_LIMIT_S: the task is queued with the limit its checkpoints'
-measured cost predicts, and the analysis succeeds instead of failing after every checkpoint is done.
-This is what a 25M-parameter model on a CPU worker meets with the 240 s default."""
+"""A real prefork worker (the pool that enforces time limits) on an analysis that outlasts both of
+its limits as set: its group of checkpoints runs longer than OBSTACLE_CHECKPOINT_TIME_LIMIT_S ×
+OBSTACLE_CHECKPOINTS_PER_TASK, and its run-level tests longer than OBSTACLE_FINALIZE_TIME_LIMIT_S.
+The group hands its last checkpoints to a new task before its limit, the run-level task is queued
+with the limit its checkpoints' measured cost predicts, and the analysis succeeds with every
+checkpoint, where it used to lose its last checkpoints and then fail. This is what a long sequence of
+a 25M-parameter model meets on a CPU worker with the defaults.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,20 +32,22 @@ from conftest_services import (
 from obstacle.service.app import create_app
 
 FLOOR_S = 1  # OBSTACLE_FINALIZE_TIME_LIMIT_S, below what this run's run-level tests take
+CHECKPOINTS = 12
+PER_CHECKPOINT_S = 1  # OBSTACLE_CHECKPOINT_TIME_LIMIT_S: a group of 12 may run 12 s, soft 10.8 s
 
 
 def _run(run_dir: Path) -> Path:
-    """Three checkpoints of a 9k-parameter MLP whose probe is 8 batches of 512: the standard
-    preset's ~290 run-level loss evaluations take seconds."""
+    """Twelve checkpoints of a 9k-parameter MLP whose probe is 8 batches of 256: each takes the
+    standard preset seconds, and so do its ~340 run-level loss evaluations."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 8))
-    x = torch.randn(8 * 512, 64)
+    x = torch.randn(8 * 256, 64)
     y = (x[:, :8].argmax(dim=1) + (x[:, 8] > 1).long()) % 8
-    batches = [(x[i : i + 512], y[i : i + 512]) for i in range(0, len(x), 512)]
+    batches = [(x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256)]
     loss_fn = nn.CrossEntropyLoss()
     obstacle.Probe.capture(model, loss_fn, batches).save(run_dir)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
-    for step in range(1, 31):
+    for step in range(1, 10 * CHECKPOINTS + 1):
         xb, yb = batches[step % len(batches)]
         optimizer.zero_grad()
         loss = loss_fn(model(xb), yb)
@@ -52,14 +59,19 @@ def _run(run_dir: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_run_level_task_longer_than_the_setting_gets_the_time_its_checkpoints_predict(
+def test_an_analysis_longer_than_its_limits_hands_off_its_group_and_prices_its_run_level(
     sqlite_database_url: str,
     redis_url: str,
     tmp_path: Path,
     processes: Callable[..., Process],
 ) -> None:
     settings = make_settings(
-        sqlite_database_url, redis_url, tmp_path, finalize_time_limit_s=FLOOR_S
+        sqlite_database_url,
+        redis_url,
+        tmp_path,
+        finalize_time_limit_s=FLOOR_S,
+        checkpoint_time_limit_s=PER_CHECKPOINT_S,
+        checkpoints_per_task=CHECKPOINTS,
     )
     tenant = make_tenant(sqlite_database_url)
     argv = [*OBSTACLE_CLI, "worker", "--pool", "prefork", "--concurrency", "1"]
@@ -74,7 +86,17 @@ def test_a_run_level_task_longer_than_the_setting_gets_the_time_its_checkpoints_
         assert started.status_code == 202, started.text
         result = poll(client, started.json()["id"], tenant.headers, timeout=400)
     assert result["state"] == "succeeded", (result.get("errors"), worker.text()[-3000:])
+    assert result["progress"]["failed"] == 0, result["errors"]
+    assert len(result["report"]["checkpoints"]) == CHECKPOINTS
     assert result["report"]["run"]["subspace"]["loss"], "the run-level tests ran to the end"
+
+    groups = re.findall(
+        r"Task obstacle\.analyze_checkpoints\[[^\]]+\] succeeded in ([\d.]+)s", worker.text()
+    )
+    assert sum(map(float, groups)) > 0.9 * PER_CHECKPOINT_S * CHECKPOINTS, (
+        "the checkpoints must outlast one task's soft limit for this test to mean anything"
+    )
+    assert len(groups) >= 2 and "handed to a new task" in worker.text(), worker.text()[-3000:]
 
     queued = worker.wait_for(r"run-level task queued, time limit (\d+) s \(3 × the ([\d.]+) s", 10)
     took = worker.wait_for(
