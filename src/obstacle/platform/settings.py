@@ -13,7 +13,9 @@ variable to set. The workers read the same shared part (``CommonSettings``) plus
     OBSTACLE_VISIBILITY_TIMEOUT_S   seconds before Redis hands an unacknowledged task to another worker
     OBSTACLE_CHECKPOINTS_PER_TASK   checkpoints one task analyses in order, Lanczos warm-started
                                     along them (default 20: a typical analysis is one task)
-    OBSTACLE_CHECKPOINT_TIME_LIMIT_S   time per checkpoint: a task's hard limit is this × its group
+    OBSTACLE_CHECKPOINT_TIME_LIMIT_S   time per checkpoint: a task's hard limit is this × the
+                                    checkpoints per task; a group whose next checkpoint would end
+                                    past it hands the rest to a new task instead of failing them
     OBSTACLE_FINALIZE_TIME_LIMIT_S  the run-level task's least hard limit (default 240); it gets
                                     3 × what its checkpoints' measured cost predicts when that is
                                     more, up to 0.9 × the visibility timeout (a 25M-parameter model
