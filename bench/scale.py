@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import obstacle
+from obstacle._hugepages import HUGE_PAGES_ENV
 from obstacle.artifacts.layout import list_checkpoints
 from obstacle.battery import presets
 from obstacle.battery.analysis import analyze, load_probe
@@ -432,6 +433,8 @@ def _child(
     env = dict(os.environ)
     if args.malloc_mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+    # As the `obstacle` command runs the battery: torch's large tensors on huge pages.
+    env[HUGE_PAGES_ENV] = "0" if args.no_huge_pages else "1"
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - start
@@ -668,6 +671,12 @@ def main() -> None:
         "(slower: every large tensor is fresh pages)",
     )
     parser.add_argument(
+        "--no-huge-pages",
+        action="store_true",
+        help=f"the children run with {HUGE_PAGES_ENV}=0: 4 KiB pages for torch's large tensors, "
+        "as before the `obstacle` command asked for huge pages (obstacle._hugepages)",
+    )
+    parser.add_argument(
         "--write",
         action="store_true",
         help=f"write the table to {RESULTS.name} ({RESULTS_GPU.name} with --device cuda)",
@@ -696,6 +705,8 @@ def main() -> None:
         extras.append(f"memory budget {args.memory_budget}")
     if args.malloc_mmap_threshold is not None:
         extras.append(f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}")
+    if args.no_huge_pages:
+        extras.append(f"{HUGE_PAGES_ENV}=0")
     if args.reference_dtype:
         extras.append(f"reference dtype {args.reference_dtype}")
     machine = describe_machine(*extras)

@@ -15,6 +15,8 @@ import sys
 
 import typer
 
+from obstacle._hugepages import use_huge_pages
+
 app = typer.Typer(
     name="obstacle",
     help=(
@@ -99,6 +101,7 @@ def describe_error(exc: BaseException) -> str:
 
 def main() -> None:
     """Entry point of the ``obstacle`` console script."""
+    use_huge_pages()  # before torch's first allocation: large tensors on 2 MiB pages
     try:
         app()
     except Exception as exc:  # the boundary: one line and exit 2, the traceback only with --debug

@@ -9,11 +9,13 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
+from obstacle._hugepages import use_huge_pages
 from obstacle.platform.celery_app import create_celery
 from obstacle.workers.settings import WorkerSettings
 
 __all__ = ["app", "settings"]
 
+use_huge_pages()  # inherited by the pool processes, which import torch after the fork
 settings = WorkerSettings()
 app = create_celery(settings, include=["obstacle.workers.tasks"])
 
