@@ -18,6 +18,25 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from obstacle.cli import main; main()", *args]
 
 
+def create_token(env: dict[str, str]) -> str:
+    """A new token of project "bench" in the service's database that ``env`` names."""
+    return subprocess.run(
+        cli("token", "create", "--project", "bench"),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 def serve(
     data_dir: Path,
     *,
@@ -31,16 +50,8 @@ def serve(
     starts), so nothing timed afterwards shares the machine with that start-up.
     """
     env = {**os.environ, "OBSTACLE_DATA_DIR": str(data_dir)}
-    token = subprocess.run(
-        cli("token", "create", "--project", "bench"),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    token = create_token(env)
+    port = free_port()
     log_path = data_dir / "serve.log"
     log = log_path.open("wb")
     process = subprocess.Popen(

@@ -21,7 +21,6 @@ import datetime
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 import redis
 import torch
 from _machine import describe_machine
-from _service import cli
+from _service import cli, create_token, free_port
 from scale import FAMILIES, build_run, width_for, write_section
 
 from obstacle.battery import presets
@@ -99,16 +98,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env.update(
         OBSTACLE_DATA_DIR=str(work / "data"), OBSTACLE_BROKER_URL=args.broker, PYTHONUNBUFFERED="1"
     )
-    token = subprocess.run(
-        cli("token", "create", "--project", "bench"),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    token, port = create_token(env), free_port()
     api_log, worker_log = work / "api.log", work / "worker.log"
     api = _start(cli("serve", "--api-only", "--port", str(port)), env, api_log)
     worker = _start(
