@@ -1,5 +1,5 @@
 """The run-level task's time limit, priced from what its checkpoints measured: the arithmetic here,
-a prefork worker that enforces it in tests/workers/test_finalize_limit.py."""
+a prefork worker that enforces it in tests/workers/test_task_limits.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from obstacle.battery.presets import PRESETS
-from obstacle.workers.time_limits import HEADROOM, batch_passes, finalize_time_limit
+from obstacle.workers.time_limits import (
+    HEADROOM,
+    batch_passes,
+    finalize_time_limit,
+    limit_cap,
+    soft_limit,
+)
 
 
 def _record(loss: int, grad: int, hvp: int, batches: int = 8) -> dict[str, Any]:
@@ -73,3 +79,20 @@ def test_without_a_measured_checkpoint_the_limit_is_the_setting() -> None:
             preset="standard", checkpoints=checkpoints, floor_s=240, cap_s=4860
         )
         assert (limit.seconds, limit.predicted_s) == (240, None)
+
+
+def test_without_a_cap_the_limit_follows_the_prediction_however_long() -> None:
+    records = [(5000.0, _record(24, 16, 200))] * 3
+    capped = finalize_time_limit(preset="standard", checkpoints=records, floor_s=240, cap_s=4860)
+    free = finalize_time_limit(preset="standard", checkpoints=records, floor_s=240, cap_s=None)
+    assert capped.seconds == 4860 and capped.predicted_s is not None
+    assert free.seconds == math.ceil(HEADROOM * capped.predicted_s) > 4860
+    assert "cut to" not in free.describe()
+
+
+def test_the_soft_limit_and_the_cap_stay_inside_what_they_bound() -> None:
+    # The defaults: a 240 s task is interrupted at 216 s; a 5400 s visibility timeout caps at 4860.
+    assert (soft_limit(240), limit_cap(5400)) == (216, 4860)
+    for seconds in (1, 2, 7, 240, 4860, 86_400):
+        assert 1 <= soft_limit(seconds) <= seconds
+        assert limit_cap(seconds) < seconds

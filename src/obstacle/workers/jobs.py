@@ -52,7 +52,7 @@ from obstacle.platform.models import (
 )
 from obstacle.platform.store import ArtifactStore
 from obstacle.workers.rundir import CheckpointFiles, ProbeFiles, RunDirectories, TrainLogFile
-from obstacle.workers.time_limits import FinalizeLimit, finalize_time_limit
+from obstacle.workers.time_limits import DEFAULT_LIMIT, FinalizeLimit, finalize_time_limit
 
 __all__ = [
     "Context",
@@ -89,7 +89,8 @@ class Context:
     finalize_time_limit_s: int = 240  # OBSTACLE_FINALIZE_TIME_LIMIT_S: the run level's least limit
     # Queue a group's remaining steps as a task of their own (None: a group never hands off).
     send_group: Callable[[uuid.UUID, list[int]], None] | None = None
-    time_limit_cap_s: int = 4860  # 0.9 × OBSTACLE_VISIBILITY_TIMEOUT_S: no task limit above it
+    # No task limit above it (time_limits.limit_cap of the visibility timeout); None: no cap.
+    time_limit_cap_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ def _maybe_finalize(ctx: Context, analysis_id: uuid.UUID, *, resend: bool = Fals
 
 
 def finalize_analysis(
-    ctx: Context, analysis_id: uuid.UUID, *, time_limit: str = "OBSTACLE_FINALIZE_TIME_LIMIT_S"
+    ctx: Context, analysis_id: uuid.UUID, *, time_limit: str = DEFAULT_LIMIT
 ) -> None:
     """The run-level tests, the verdict and the report; safe to run more than once.
     ``time_limit`` says what the task's limit is, for the message if it runs over."""

@@ -24,7 +24,7 @@ from obstacle.workers import jobs
 from obstacle.workers.app import app, settings
 from obstacle.workers.rundir import RunDirectories
 from obstacle.workers.runtime import select_device
-from obstacle.workers.time_limits import FinalizeLimit
+from obstacle.workers.time_limits import DEFAULT_LIMIT, FinalizeLimit, limit_cap, soft_limit
 
 __all__ = ["TRANSIENT", "analyze_checkpoints", "finalize_analysis"]
 
@@ -58,7 +58,7 @@ def context() -> jobs.Context:
         send_finalize=_send_finalize,
         send_group=lambda analysis_id, steps: analyze_checkpoints.delay(str(analysis_id), steps),
         finalize_time_limit_s=settings.finalize_time_limit_s,
-        time_limit_cap_s=int(0.9 * settings.visibility_timeout_s),
+        time_limit_cap_s=limit_cap(settings.visibility_timeout_s),
         permanent_errors=(ObstacleError,),
         timeouts=(SoftTimeLimitExceeded,),
     )
@@ -70,7 +70,7 @@ def _send_finalize(analysis_id: uuid.UUID, limit: FinalizeLimit) -> None:
         (str(analysis_id),),
         {"limit": limit.describe()},
         time_limit=limit.seconds,
-        soft_time_limit=_soft(limit.seconds),
+        soft_time_limit=soft_limit(limit.seconds),
     )
 
 
@@ -85,18 +85,13 @@ def _retry_delay(retries: int) -> int:
     return int(min(60, 2**retries))
 
 
-def _soft(limit: int) -> int:
-    # The soft limit interrupts the battery in time to record why; the hard one kills the process.
-    return max(1, int(limit * 0.9))
-
-
 @app.task(  # type: ignore[untyped-decorator]
     name=ANALYZE_CHECKPOINTS,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
     # The group's budget: OBSTACLE_CHECKPOINT_TIME_LIMIT_S per checkpoint it may hold.
-    soft_time_limit=_soft(settings.group_time_limit_s),
+    soft_time_limit=soft_limit(settings.group_time_limit_s),
     time_limit=settings.group_time_limit_s,
     max_retries=MAX_RETRIES,
 )
@@ -124,19 +119,16 @@ def analyze_checkpoints(self: Any, analysis_id: str, steps: list[int]) -> None:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    soft_time_limit=_soft(settings.finalize_time_limit_s),
+    soft_time_limit=soft_limit(settings.finalize_time_limit_s),
     time_limit=settings.finalize_time_limit_s,
     max_retries=MAX_RETRIES,
 )
-def finalize_analysis(self: Any, analysis_id: str, limit: str | None = None) -> None:
+def finalize_analysis(self: Any, analysis_id: str, limit: str = DEFAULT_LIMIT) -> None:
     """The run-level tests, the verdict and the report of an analysis; ``limit`` describes the
-    time limit it was queued with (the default, OBSTACLE_FINALIZE_TIME_LIMIT_S, when None)."""
+    time limit it was queued with."""
     ident = uuid.UUID(analysis_id)
     try:
-        if limit is None:
-            jobs.finalize_analysis(context(), ident)
-        else:
-            jobs.finalize_analysis(context(), ident, time_limit=limit)
+        jobs.finalize_analysis(context(), ident, time_limit=limit)
     except TRANSIENT as exc:
         if self.request.retries < MAX_RETRIES:
             raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from exc

@@ -24,11 +24,39 @@ from typing import Any
 
 from obstacle.battery.presets import get_preset
 
-__all__ = ["HEADROOM", "FinalizeLimit", "batch_passes", "finalize_time_limit"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "HEADROOM",
+    "SOFT_SHARE",
+    "VISIBILITY_SHARE",
+    "FinalizeLimit",
+    "batch_passes",
+    "finalize_time_limit",
+    "limit_cap",
+    "soft_limit",
+]
 
 #: The limit over the prediction.
 HEADROOM = 3.0
+#: A task's soft limit over its hard one: the soft limit interrupts the battery in time for the
+#: task to record why; the hard one kills the process.
+SOFT_SHARE = 0.9
+#: No task's limit passes this share of the visibility timeout, after which Redis hands a task
+#: that is still running to a second worker.
+VISIBILITY_SHARE = 0.9
+#: What a run-level task's limit is when its message does not say (queued by an older worker).
+DEFAULT_LIMIT = "OBSTACLE_FINALIZE_TIME_LIMIT_S"
 _PASS_KINDS = ("loss_batch_passes", "grad_batch_passes", "hvp_batch_passes")
+
+
+def soft_limit(hard_s: int) -> int:
+    """The soft time limit that goes with a hard one."""
+    return max(1, int(hard_s * SOFT_SHARE))
+
+
+def limit_cap(visibility_timeout_s: int) -> int:
+    """The longest limit a task may be given under this visibility timeout."""
+    return int(VISIBILITY_SHARE * visibility_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -38,17 +66,17 @@ class FinalizeLimit:
     seconds: int
     predicted_s: float | None  # the run level's predicted seconds; None when nothing was measured
     floor_s: int  # OBSTACLE_FINALIZE_TIME_LIMIT_S
-    cap_s: int  # below the visibility timeout
+    cap_s: int | None  # below the visibility timeout; None: no cap
 
     def describe(self) -> str:
         """E.g. ``900 s (3 × the 300 s its checkpoints' cost predicts; at least
         OBSTACLE_FINALIZE_TIME_LIMIT_S=240)``."""
         if self.predicted_s is None or self.seconds == self.floor_s:
-            return f"{self.seconds} s (OBSTACLE_FINALIZE_TIME_LIMIT_S)"
+            return f"{self.seconds} s ({DEFAULT_LIMIT})"
         why = f"{HEADROOM:g} × the {self.predicted_s:.0f} s its checkpoints' measured cost predicts"
         if self.seconds == self.cap_s:
-            why += ", cut to 0.9 × OBSTACLE_VISIBILITY_TIMEOUT_S"
-        return f"{self.seconds} s ({why}; at least OBSTACLE_FINALIZE_TIME_LIMIT_S={self.floor_s})"
+            why += f", cut to {VISIBILITY_SHARE:g} × OBSTACLE_VISIBILITY_TIMEOUT_S"
+        return f"{self.seconds} s ({why}; at least {DEFAULT_LIMIT}={self.floor_s})"
 
 
 def batch_passes(record: Mapping[str, Any]) -> tuple[int, int]:
@@ -69,11 +97,12 @@ def finalize_time_limit(
     preset: str,
     checkpoints: Iterable[tuple[float, Mapping[str, Any]]],
     floor_s: int,
-    cap_s: int,
+    cap_s: int | None,
 ) -> FinalizeLimit:
-    """The run-level task's limit from its analysed checkpoints, each as (wall seconds, record)."""
+    """The run-level task's limit from its analysed checkpoints, each as (wall seconds, record);
+    ``cap_s`` None: no limit above the prediction's (in-process, where no broker redelivers)."""
     chosen = get_preset(preset)
-    cap_s = max(cap_s, floor_s)
+    cap_s = None if cap_s is None else max(cap_s, floor_s)
     seconds, passes, batches, count = 0.0, 0, 0, 0
     for wall, record in checkpoints:
         count += 1
@@ -86,5 +115,6 @@ def finalize_time_limit(
     predicted = (
         chosen.run_level_loss_evaluations(count) * (batches or chosen.max_batches) * per_pass
     )
-    limit = max(floor_s, min(cap_s, math.ceil(HEADROOM * predicted)))
+    wanted = math.ceil(HEADROOM * predicted)
+    limit = max(floor_s, wanted if cap_s is None else min(cap_s, wanted))
     return FinalizeLimit(limit, predicted, floor_s, cap_s)
