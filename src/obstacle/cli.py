@@ -11,6 +11,7 @@ naming the input and exit status 2. ``obstacle --debug COMMAND`` shows the trace
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 import typer
@@ -49,6 +50,18 @@ for _name in _COMMAND_MODULES:
         continue
     _module.register(app)
 
+
+def _one_line_summaries(app: typer.Typer) -> None:
+    """Each command's summary in ``obstacle --help``: its docstring's first paragraph, unwrapped.
+    Typer's rich help keeps a docstring's line breaks there, so a summary wrapped at the source's
+    100 columns broke mid-sentence in the list."""
+    for command in app.registered_commands:
+        doc = command.callback.__doc__ if command.callback else None
+        if command.short_help is None and command.help is None and doc:
+            command.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+_one_line_summaries(app)
 
 _debug = False
 

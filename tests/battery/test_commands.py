@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import re
@@ -120,6 +121,18 @@ def test_help_explains_every_command() -> None:
         assert command in out.output
     out = runner.invoke(app, ["analyze", "--help"])
     assert "--target-loss" in out.output and "--preset" in out.output
+
+
+def test_the_command_list_shows_each_summary_unbroken() -> None:
+    # Wide enough for every summary on one line: a break inside one is the docstring's, not the
+    # terminal's (it split `upload` and `status` mid-sentence).
+    out = runner.invoke(app, ["--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    assert out.exit_code == 0
+    lines = [" ".join(line.strip(" │").split()) for line in out.output.splitlines()]
+    for command in app.registered_commands:
+        assert command.callback is not None and command.callback.__doc__
+        summary = " ".join(inspect.cleandoc(command.callback.__doc__).split("\n\n")[0].split())
+        assert any(line.endswith(summary) for line in lines), (command.name, summary, out.output)
 
 
 @pytest.mark.slow
