@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from obstacle.battery.analysis import analyze
@@ -121,6 +122,17 @@ def test_help_explains_every_command() -> None:
         assert command in out.output
     out = runner.invoke(app, ["analyze", "--help"])
     assert "--target-loss" in out.output and "--preset" in out.output
+
+
+def test_the_command_picks_its_device_as_a_worker_does() -> None:
+    # A user on a GPU machine gets the GPU without a flag, as the service's workers do.
+    from obstacle.workers.settings import WorkerSettings
+
+    analyze = next(c for c in typer.main.get_command(app).commands.values() if c.name == "analyze")
+    device = next(p for p in analyze.params if p.name == "device")
+    assert device.default == WorkerSettings.model_fields["device"].default == "auto"
+    out = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    assert "auto (a GPU when CUDA is present" in out.output
 
 
 def test_the_command_list_shows_each_summary_unbroken() -> None:

@@ -39,8 +39,11 @@ def analyze_command(
         str, typer.Option(help="Cost preset: quick, standard or full (adds the Hessian spectrum).")
     ] = "standard",
     device: Annotated[
-        str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")
-    ] = "cpu",
+        str,
+        typer.Option(
+            help="auto (a GPU when CUDA is present, as a worker does), cpu, cuda or cuda:N."
+        ),
+    ] = "auto",
     dtype: Annotated[
         str,
         typer.Option(

@@ -447,7 +447,11 @@ def gate_command(
         Path | None, typer.Option("--json", help="Write the full JSON report here.")
     ] = None,
     local: Annotated[
-        bool, typer.Option("--local", help="Analyse in this process; no service needed.")
+        bool,
+        typer.Option(
+            "--local",
+            help="Analyse in this process, on a GPU when CUDA is present; no service needed.",
+        ),
     ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -546,7 +550,7 @@ def _gate_report(
             run_dir,
             target_loss=target_loss,
             preset=preset,
-            device="cpu",
+            device="auto",
             dtype="auto",
             thresholds={},
             progress=sys.stderr.isatty() if progress is None else progress,
