@@ -72,10 +72,11 @@ def test_different_probes_uploaded_concurrently_give_one_winner_and_conflicts(
 ) -> None:
     base, tenant = live
     bundles = [pack_probe(tiny_run / PROBE_DIR), pack_probe(other_model_run / PROBE_DIR)]
-    run_id = _new_run(base, tenant)
-    responses = _all_at_once(base, f"/v1/runs/{run_id}/probe", bundles * 2, tenant)
-    statuses = _statuses(responses)
-    assert statuses[201] == 1 and statuses[200] == 1 and statuses[409] == 2, statuses
+    for _ in range(3):  # the losers' clean-up raced (a 500) in about one round in three
+        run_id = _new_run(base, tenant)
+        responses = _all_at_once(base, f"/v1/runs/{run_id}/probe", bundles * 2, tenant)
+        statuses = _statuses(responses)
+        assert statuses[201] == 1 and statuses[200] == 1 and statuses[409] == 2, statuses
 
 
 def test_the_same_checkpoint_uploaded_concurrently_is_stored_once(

@@ -8,11 +8,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest_services import Process, make_settings, service_env, start_worker
 
 HEALTH = [sys.executable, "-m", "obstacle.workers.health"]
 
 
+@pytest.mark.slow
 def test_health_check_follows_a_real_worker(
     sqlite_database_url: str, redis_url: str, tmp_path: Path, processes: Callable[..., Process]
 ) -> None:

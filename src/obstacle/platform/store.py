@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +23,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 __all__ = ["ArtifactStore"]
+
+# Tries of a write or a delete that a concurrent one on the same keys undid.
+_RACE_ATTEMPTS = 20
+# Where a local store moves a prefix it deletes (no key starts with it).
+_TRASH = ".deleting"
 
 
 class ArtifactStore:
@@ -47,8 +54,22 @@ class ArtifactStore:
         ``link``: the caller never changes ``local_path`` again (it may delete it), so a local
         store on the same filesystem takes it as a hardlink instead of a copy; elsewhere, or
         where the filesystem refuses the link, the bytes are copied as without it.
+
+        Concurrent writers of a key write the same bytes (keys carry the content's hash), and a
+        concurrent ``delete_prefix`` (an upload that lost a race, a deleted run) may take the
+        partial file or its directory away mid-write: the write then starts again. Whose file
+        is kept is the database's decision, made after the write.
         """
         final = self._path(key)
+        for attempt in range(1, _RACE_ATTEMPTS + 1):
+            try:
+                self._put_file_once(Path(local_path), final, link=link)
+                return
+            except (FileNotFoundError, FileExistsError):  # its directory went in mid-write
+                if attempt == _RACE_ATTEMPTS or not Path(local_path).exists():
+                    raise
+
+    def _put_file_once(self, local_path: Path, final: str, *, link: bool) -> None:
         partial = f"{final}.partial-{uuid.uuid4().hex}"
         parent = final.rsplit("/", 1)[0]
         if self._local:
@@ -56,13 +77,13 @@ class ArtifactStore:
         try:
             # Spooled uploads are private (0600); a copy would get the usual 0644, and workers
             # running as another user of the same volume must be able to read the stored file.
-            if not (link and self._local and _hardlink(Path(local_path), Path(partial), 0o644)):
+            if not (link and self._local and _hardlink(local_path, Path(partial), 0o644)):
                 self.fs.put_file(str(local_path), partial)
             self._flush(partial)
             self.fs.mv(partial, final)
             self._flush(parent)
         except BaseException:
-            if self.fs.exists(partial):
+            with suppress(FileNotFoundError):
                 self.fs.rm(partial)
             raise
 
@@ -115,14 +136,26 @@ class ArtifactStore:
         return bool(self.fs.exists(self._path(key)))
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        if self.fs.exists(path):
-            self.fs.rm(path)
+        """Remove ``key``; one already gone (a concurrent delete) is no error."""
+        with suppress(FileNotFoundError):
+            self.fs.rm(self._path(key))
 
     def delete_prefix(self, prefix: str) -> None:
+        """Remove every key below ``prefix``. Writes and deletes of the same keys may run at the
+        same time (uploads racing, a run deleted under an upload): none of them fails for it."""
         path = self._path(prefix.rstrip("/"))
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        if self._local:
+            # Moved out of the key space in one rename, then removed where no one else writes.
+            _remove_tree(path, trash=f"{self.root}/{_TRASH}")
+            return
+        for attempt in range(1, _RACE_ATTEMPTS + 1):
+            try:
+                if self.fs.exists(path):
+                    self.fs.rm(path, recursive=True)
+                return
+            except FileNotFoundError:  # a concurrent delete took part of it: go over the rest
+                if attempt == _RACE_ATTEMPTS:
+                    raise
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every file key below ``prefix`` (recursively), sorted."""
@@ -132,6 +165,32 @@ class ArtifactStore:
         start = len(self.root) + 1
         found = self.fs.find(base)
         return sorted(str(p)[start:] for p in found)
+
+
+def _remove_tree(path: str, *, trash: str) -> None:
+    """Remove a local directory (or file) that others may write into or remove meanwhile.
+
+    It is renamed into ``trash`` first, so no new path reaches it. A write whose path lookup
+    passed it just before the rename can still land in it, or rename a file in it, while it is
+    removed: the removal goes over it again.
+    """
+    os.makedirs(trash, exist_ok=True)
+    doomed = os.path.join(trash, uuid.uuid4().hex)
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return  # not there, or a concurrent delete moved it first
+    for attempt in range(1, _RACE_ATTEMPTS + 1):
+        try:
+            if os.path.isdir(doomed) and not os.path.islink(doomed):
+                shutil.rmtree(doomed)
+            elif os.path.lexists(doomed):
+                os.unlink(doomed)
+            return
+        except OSError as exc:
+            raced = isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOTEMPTY
+            if not raced or attempt == _RACE_ATTEMPTS:
+                raise
 
 
 # Errors that mean "this filesystem (or pair of them) cannot hardlink": copy instead.
