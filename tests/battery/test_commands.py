@@ -60,6 +60,8 @@ def test_analyze_prints_the_verdict_and_writes_json_and_html(run_dir: Path, tmp_
     assert report["schema"] == "obstacle.report/1"
     assert report["verdict"]["summary"] in out.output
     assert "Ruled out:" in out.output
+    run = report["run"]
+    assert f"{run['num_parameters']:,} parameters, preset quick, on cpu in float64" in out.output
     html = (tmp_path / "r.html").read_text()
     assert report["verdict"]["primary"].replace("_", " ") in html.lower().replace("_", " ")
     assert (tmp_path / "r_files" / "plots").is_dir()

@@ -256,9 +256,16 @@ def format_summary(report: dict[str, Any]) -> str:
     """The terminal summary: the verdict in one sentence, its evidence, what was ruled out."""
     verdict = report["verdict"]
     run = report.get("run", {})
-    lines = [
+    parameters = run.get("num_parameters")
+    header = (
         f"Run {run.get('name', '?')}: {run.get('num_checkpoints', '?')} checkpoints, "
-        f"{run.get('num_parameters', '?')} parameters, preset {run.get('preset', '?')}",
+        f"{f'{parameters:,}' if isinstance(parameters, int) else '?'} parameters, "
+        f"preset {run.get('preset', '?')}"
+    )
+    if run.get("device") and run.get("dtype"):  # where it ran: a GPU when present, by default
+        header += f", on {run['device']} in {run['dtype']}"
+    lines = [
+        header,
         "",
         verdict["summary"],
     ]
