@@ -15,6 +15,7 @@ import errno
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
@@ -60,14 +61,14 @@ class ArtifactStore:
         partial file or its directory away mid-write: the write then starts again. Whose file
         is kept is the database's decision, made after the write.
         """
-        final = self._path(key)
-        for attempt in range(1, _RACE_ATTEMPTS + 1):
-            try:
-                self._put_file_once(Path(local_path), final, link=link)
-                return
-            except (FileNotFoundError, FileExistsError):  # its directory went in mid-write
-                if attempt == _RACE_ATTEMPTS or not Path(local_path).exists():
-                    raise
+        final, source = self._path(key), Path(local_path)
+        _settled(
+            lambda: self._put_file_once(source, final, link=link),
+            # Its directory went away mid-write (and the file to write is still there).
+            raced=lambda exc: (
+                isinstance(exc, (FileNotFoundError, FileExistsError)) and source.exists()
+            ),
+        )
 
     def _put_file_once(self, local_path: Path, final: str, *, link: bool) -> None:
         partial = f"{final}.partial-{uuid.uuid4().hex}"
@@ -148,14 +149,13 @@ class ArtifactStore:
             # Moved out of the key space in one rename, then removed where no one else writes.
             _remove_tree(path, trash=f"{self.root}/{_TRASH}")
             return
-        for attempt in range(1, _RACE_ATTEMPTS + 1):
-            try:
-                if self.fs.exists(path):
-                    self.fs.rm(path, recursive=True)
-                return
-            except FileNotFoundError:  # a concurrent delete took part of it: go over the rest
-                if attempt == _RACE_ATTEMPTS:
-                    raise
+
+        def remove() -> None:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
+        # A concurrent delete took part of it: go over the rest.
+        _settled(remove, raced=lambda exc: isinstance(exc, FileNotFoundError))
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every file key below ``prefix`` (recursively), sorted."""
@@ -180,16 +180,28 @@ def _remove_tree(path: str, *, trash: str) -> None:
         os.rename(path, doomed)
     except FileNotFoundError:
         return  # not there, or a concurrent delete moved it first
+
+    def remove() -> None:
+        if os.path.isdir(doomed) and not os.path.islink(doomed):
+            shutil.rmtree(doomed)
+        elif os.path.lexists(doomed):
+            os.unlink(doomed)
+
+    _settled(
+        remove,
+        raced=lambda exc: isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOTEMPTY,
+    )
+
+
+def _settled(action: Callable[[], None], *, raced: Callable[[OSError], bool]) -> None:
+    """Run ``action`` again while a concurrent write or delete of the same keys undoes it
+    (``raced``), at most _RACE_ATTEMPTS times; any other error, or the last, is raised."""
     for attempt in range(1, _RACE_ATTEMPTS + 1):
         try:
-            if os.path.isdir(doomed) and not os.path.islink(doomed):
-                shutil.rmtree(doomed)
-            elif os.path.lexists(doomed):
-                os.unlink(doomed)
+            action()
             return
         except OSError as exc:
-            raced = isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOTEMPTY
-            if not raced or attempt == _RACE_ATTEMPTS:
+            if attempt == _RACE_ATTEMPTS or not raced(exc):
                 raise
 
 
